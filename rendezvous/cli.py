@@ -1,0 +1,132 @@
+"""The ``rendezvous`` command: ``serve``, ``profiles``."""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import sys
+import typing
+from typing import Any, NoReturn, Sequence
+
+import anyio
+
+from rendezvous import plugins
+from rendezvous.config import ServerSettings, load_config
+from rendezvous.errors import RendezvousError
+from rendezvous.settings import fields_of
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One clear line and exit code 2, as for any invalid configuration.
+        self.exit(2, f"rendezvous: error: {message}\n")
+
+
+def _flag_names(field: Any, meta: Any) -> list[str]:
+    return ["--" + field.name.replace("_", "-"), *meta.flags]
+
+
+def _add_settings(group: argparse._ArgumentGroup, cls: type, dest_prefix: str) -> None:
+    for field, meta, tp in fields_of(cls):
+        kwargs: dict[str, Any] = {"dest": dest_prefix + field.name, "default": argparse.SUPPRESS, "help": meta.help}
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else tp
+        if inner is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif isinstance(inner, type) and issubclass(inner, enum.Enum):
+            kwargs["metavar"] = "{" + ",".join(m.value for m in inner) + "}"
+        else:
+            kwargs["metavar"] = field.name.upper()
+        group.add_argument(*_flag_names(field, meta), **kwargs)
+
+
+def _collect(args: argparse.Namespace, prefix: str) -> dict[str, tuple[Any, str]]:
+    return {k[len(prefix):]: (v, "command line") for k, v in vars(args).items() if k.startswith(prefix)}
+
+
+def _serve(argv: Sequence[str]) -> int:
+    pre = _Parser(add_help=False)
+    pre.add_argument("--profile", action="append", default=[])
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    names: list[str] = known.profile
+    if not names and known.config:
+        # Profiles may be named by the config file; load_config reports a bad file.
+        from rendezvous.config import read_toml
+        import pathlib
+
+        data = read_toml(pathlib.Path(known.config))
+        listed = data.get("profiles", data.get("profile", []))
+        names = [listed] if isinstance(listed, str) else list(listed)
+
+    parser = _Parser(prog="rendezvous serve", description="Serve one or more profiles.")
+    parser.add_argument("--profile", action="append", default=[], metavar="NAME", help="profile to serve (repeatable)")
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    _add_settings(parser.add_argument_group("server"), ServerSettings, "server.")
+    profiles = {}
+    for name in names:
+        profile = plugins.load_profile(name)
+        profiles[name] = profile
+        group = parser.add_argument_group(f"profile {name}")
+        _add_settings(group, profile.settings, f"{name}.")
+        if hasattr(profile, "add_arguments"):
+            profile.add_arguments(parser)
+    args = parser.parse_args(argv)
+    profile_values = {}
+    for name, profile in profiles.items():
+        values = _collect(args, f"{name}.")
+        if hasattr(profile, "values_from_arguments"):
+            values = {**profile.values_from_arguments(args), **values}
+        profile_values[name] = values
+    config = load_config(
+        names, args.config, environ=os.environ,
+        server_overrides=_collect(args, "server."), profile_overrides=profile_values,
+    )
+    from rendezvous.observe.logging import configure
+    from rendezvous.server import serve
+
+    server = config.server
+    configure(unsafe_logging=server.unsafe_logging, log_format=server.log_format, level=server.log_level)
+    http_server = plugins.load(plugins.SERVERS, server.http_server)
+    anyio.run(serve, config, backend="asyncio", backend_options={"use_uvloop": bool(http_server.wants_uvloop)})
+    return 0
+
+
+def _profiles() -> int:
+    found = plugins.available(plugins.PROFILES)
+    if not found:
+        print("no profiles installed")
+    for name, ep in sorted(found.items()):
+        try:
+            summary = ep.load().summary
+        except Exception as exc:  # report a broken plugin, keep listing
+            summary = f"(fails to load: {type(exc).__name__}: {exc})"
+        dist = ep.dist.name if ep.dist else "?"
+        print(f"{name:12} {summary}  [{dist}: {ep.value}]")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _Parser(prog="rendezvous", description="Rendezvous brokers: Snowflake, wasimoff, webrtc-bootstrap overlays.")
+    parser.add_argument("command", choices=["serve", "profiles"], help="serve: run a broker; profiles: list installed profiles")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "serve":
+            return _serve(rest)
+        if command == "profiles":
+            return _profiles()
+        parser.error(f"unknown command {command!r} (serve, profiles)")
+    except RendezvousError as exc:
+        print(f"rendezvous: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

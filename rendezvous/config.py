@@ -1,0 +1,136 @@
+"""Configuration: embedded defaults < TOML file < environment < command line.
+
+A TOML file has a ``[server]`` table and one table per profile (``[overlay]``); it may name
+its profiles with a top-level ``profiles = [...]``. Env vars are ``RENDEZVOUS_<FIELD>`` for
+server settings, ``RENDEZVOUS_<PROFILE>_<FIELD>`` for profile settings, plus the names the
+original systems use (``SECRET``, ``PORT``, ...) as each profile declares them.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tomllib
+from typing import Any, Mapping, Sequence
+
+import attrs
+
+from rendezvous import plugins
+from rendezvous.errors import ConfigError
+from rendezvous.settings import build, fields_of, positive, setting
+
+
+@attrs.frozen
+class ServerSettings:
+    host: str = setting("0.0.0.0", help="address to listen on (use :: for dual-stack)")
+    port: int | None = setting(None, help="TCP port (default: the profile's original port; 0 = ephemeral)")
+    http_server: str = setting("hypercorn", help="HTTP server plugin: hypercorn or uvicorn")
+    metrics_path: str = setting("/metrics", help="path of the Prometheus metrics ('' to disable)")
+    healthz_path: str = setting("/healthz", help="path of the health check ('' to disable)")
+    unsafe_logging: bool = setting(False, help="log client IP addresses instead of scrubbing them")
+    log_format: str = setting("auto", help="auto, console or json")
+    log_level: str = setting("info", help="debug, info, warning or error")
+    cert: pathlib.Path | None = setting(None, help="TLS certificate (PEM); with --key, serve HTTPS")
+    key: pathlib.Path | None = setting(None, help="TLS private key (PEM)")
+    shutdown_grace: float = setting(5.0, help="seconds to let connections finish on shutdown", validator=positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.log_format not in ("auto", "console", "json"):
+            raise ValueError(f"log_format: expected auto, console or json, got {self.log_format!r}")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise ValueError(f"port: must be 0..65535, got {self.port}")
+        for name in ("metrics_path", "healthz_path"):
+            value = getattr(self, name)
+            if value and not value.startswith("/"):
+                raise ValueError(f"{name}: must start with '/', got {value!r}")
+
+
+@attrs.frozen
+class Config:
+    server: ServerSettings
+    profiles: Mapping[str, Any]  # name -> profile settings instance
+
+
+Values = dict[str, tuple[Any, str]]
+
+
+def read_toml(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+
+
+def env_values(cls: type, prefix: str, environ: Mapping[str, str], aliases: Mapping[str, Sequence[str]] = {}) -> Values:
+    values: Values = {}
+    for field, meta, _ in fields_of(cls):
+        names = [*meta.env, *aliases.get(field.name, ()), f"{prefix}{field.name.upper()}"]
+        for name in names:  # later names win: the generic RENDEZVOUS_ name last
+            if name in environ:
+                values[field.name] = (environ[name], f"env {name}")
+    return values
+
+
+def table(data: Mapping[str, Any], key: str, path: pathlib.Path) -> Values:
+    section = data.get(key, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [{key}] must be a table")
+    return {k: (v, f"{path}") for k, v in section.items()}
+
+
+def load_config(
+    profile_names: Sequence[str] = (),
+    config_file: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    server_overrides: Mapping[str, tuple[Any, str]] | None = None,
+    profile_overrides: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None,
+) -> Config:
+    """Merge every source into a validated :class:`Config`, or raise :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    path = pathlib.Path(config_file) if config_file is not None else None
+    if path is not None:
+        data = read_toml(path)
+    names = list(profile_names)
+    if not names and path is not None:
+        listed = data.get("profiles", data.get("profile", []))
+        names = [listed] if isinstance(listed, str) else list(listed)
+    if not names:
+        raise ConfigError("no profile given: use --profile NAME (see `rendezvous profiles`)")
+    if path is not None:
+        known = {"server", "profiles", "profile", *names}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"config file {path}: unknown table or key {key!r}")
+
+    server_aliases: dict[str, list[str]] = {}
+    profiles: dict[str, Any] = {}
+    for name in names:
+        try:
+            profile = plugins.load_profile(name)
+        except plugins.PluginError as exc:
+            raise ConfigError(str(exc)) from None
+        for field, env_names in getattr(profile, "server_env", {}).items():
+            server_aliases.setdefault(field, []).extend(env_names)
+        values: Values = {}
+        if path is not None:
+            values.update(table(data, name, path))
+        values.update(env_values(profile.settings, f"RENDEZVOUS_{name.upper()}_", environ))
+        values.update((profile_overrides or {}).get(name, {}))
+        profiles[name] = build(profile.settings, values, name)
+
+    server_values: Values = {}
+    if path is not None:
+        server_values.update(table(data, "server", path))
+    server_values.update(env_values(ServerSettings, "RENDEZVOUS_", environ, server_aliases))
+    server_values.update(server_overrides or {})
+    server = build(ServerSettings, server_values, "server")
+    return Config(server=server, profiles=profiles)

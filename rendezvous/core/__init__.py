@@ -1,0 +1,10 @@
+"""Core matchers: rendezvous logic with no sockets, no HTTP and no JSON.
+
+Every matcher is plain state that is *given the time* and returns what must happen
+(effects), plus ``next_deadline()``. :mod:`rendezvous.core.driver` turns that into waiting.
+"""
+
+from rendezvous.core.effects import Close, Deliver, Dropped, Effect, Keepalive, Answered
+from rendezvous.core.routing import RootPolicy, Router
+
+__all__ = ["Answered", "Close", "Deliver", "Dropped", "Effect", "Keepalive", "RootPolicy", "Router"]

@@ -1,0 +1,55 @@
+"""What a matcher asks its driver to do. Small frozen values, as in h11/wsproto events.
+
+Parties are opaque, hashable handles owned by whoever drives the matcher (a profile's
+connection object). A matcher never looks inside them.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Union
+
+import attrs
+
+Party = Hashable
+
+
+@attrs.frozen
+class Deliver:
+    """Send ``payload`` to ``to``. ``origin`` names the sender, for codecs that stamp it."""
+
+    to: Party
+    payload: object
+    origin: str | None = None
+
+
+@attrs.frozen
+class Keepalive:
+    """Send the protocol's keep-alive to ``to`` (the overlay's ``"heartbeat"``)."""
+
+    to: Party
+
+
+@attrs.frozen
+class Close:
+    """Close ``party`` with a WebSocket-style close code and reason."""
+
+    party: Party
+    code: int
+    reason: str = ""
+
+
+@attrs.frozen
+class Dropped:
+    """A message or party was dropped on purpose; ``reason`` is a short metric label."""
+
+    reason: str
+
+
+@attrs.frozen
+class Answered:
+    """The first message reached a party that had asked something: ``latency`` seconds after it asked."""
+
+    latency: float
+
+
+Effect = Union[Deliver, Keepalive, Close, Dropped, Answered]

@@ -1,0 +1,1 @@
+"""Observability: one structlog setup, Prometheus registries."""

@@ -1,0 +1,98 @@
+"""One logging setup for the whole process: structlog, key=value events.
+
+Console rendering in a terminal, JSON lines otherwise. Client IP addresses are scrubbed from
+every event unless ``unsafe_logging`` is on (as Snowflake's ``--unsafe-logging``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import sys
+from typing import Any
+
+import structlog
+
+SCRUBBED = "[scrubbed]"
+
+# Candidate tokens; each is confirmed with ipaddress so that version strings, times and
+# hex ids are left alone.
+_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
+_IPV6 = re.compile(r"(?<![\w:.])\[?(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})\]?(?![\w:])")
+
+
+def _replace_ip(match: re.Match[str]) -> str:
+    token = match.group(0).strip("[]")
+    try:
+        ipaddress.ip_address(token)
+    except ValueError:
+        return match.group(0)
+    return SCRUBBED
+
+
+def scrub(text: str) -> str:
+    """Replace every IPv4/IPv6 address in ``text`` with ``[scrubbed]``."""
+    if "." not in text and ":" not in text:
+        return text
+    return _IPV6.sub(_replace_ip, _IPV4.sub(_replace_ip, text))
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_scrub_value(v) for v in value)
+    return value
+
+
+#: Keys that carry the server's own addresses (where it listens), never a client's.
+SERVER_ADDRESS_KEYS = frozenset({"url", "listen"})
+
+
+def scrub_processor(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if k in SERVER_ADDRESS_KEYS else _scrub_value(v) for k, v in event.items()}
+
+
+def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: str = "info", stream: Any = None) -> None:
+    """Configure structlog (and the stdlib loggers that hypercorn/uvicorn use) once."""
+    stream = stream or sys.stderr
+    if log_format == "auto":
+        log_format = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=False) if log_format == "console" else structlog.processors.JSONRenderer()
+    )
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if not unsafe_logging:
+        processors.append(scrub_processor)
+    processors.append(renderer)
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    # Route the servers' stdlib logging through the same scrubbing renderer.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *processors[1:]],
+            foreign_pre_chain=[structlog.stdlib.add_log_level],
+        )
+    )
+    for name in ("hypercorn.error", "uvicorn", "uvicorn.error", "rendezvous"):
+        stdlib_logger = logging.getLogger(name)
+        stdlib_logger.handlers[:] = [handler]
+        stdlib_logger.setLevel(max(numeric, logging.WARNING) if name != "rendezvous" else numeric)
+        stdlib_logger.propagate = False
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

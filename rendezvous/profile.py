@@ -1,0 +1,59 @@
+"""The profile plugin API: what a protocol binding provides to the framework."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import attrs
+
+from rendezvous.transports.base import Route
+
+
+@attrs.frozen
+class ProfileContext:
+    """What the framework hands a profile when it starts it."""
+
+    name: str
+    settings: Any
+    metrics: Any  # prometheus_client.CollectorRegistry
+    log: Any  # a structlog bound logger
+    clock: Callable[[], float]
+
+
+@runtime_checkable
+class ProfileRuntime(Protocol):
+    """A started profile: its routes, optional static files, and its background work."""
+
+    routes: Sequence[Route]
+    static_dir: pathlib.Path | None
+
+    async def run(self) -> None:
+        """Background work (timers); runs until cancelled when the server stops."""
+
+
+@runtime_checkable
+class Profile(Protocol):
+    """A protocol binding, found through the ``rendezvous.profiles`` entry point.
+
+    ``settings`` is an attrs class made with :func:`rendezvous.settings.setting` fields.
+    ``default_port`` is the port the original system listens on. ``server_env`` maps
+    server settings to the env vars the original uses for them (the overlay's ``PORT``).
+    """
+
+    name: str
+    summary: str
+    settings: type
+    default_port: int
+    server_env: Mapping[str, Sequence[str]]
+
+    def create(self, context: ProfileContext) -> ProfileRuntime: ...
+
+
+class ProfileCliExtras(Protocol):
+    """Optional: profiles with command-line arguments beyond ``--<setting>`` flags."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def values_from_arguments(self, args: argparse.Namespace) -> Mapping[str, tuple[Any, str]]: ...

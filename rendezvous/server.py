@@ -1,0 +1,167 @@
+"""Running a server: profiles + transports + an HTTP server plugin, under anyio."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+
+import anyio
+import attrs
+
+from rendezvous import plugins
+from rendezvous.app import App
+from rendezvous.config import Config, load_config
+from rendezvous.observe import logging as rlog
+from rendezvous.observe.metrics import healthz, metrics_handler, new_registry
+from rendezvous.profile import ProfileContext
+from rendezvous.servers import ServeOptions
+from rendezvous.transports.base import ExchangeRoute
+
+log = rlog.get_logger("rendezvous.server")
+
+
+@attrs.frozen
+class RunningServer:
+    """A server started by :func:`running`."""
+
+    url: str  # http(s)://host:port, with a connectable host
+    host: str
+    port: int
+    config: Config
+    runtimes: Mapping[str, Any]  # profile name -> its runtime
+    metrics: Any  # the prometheus CollectorRegistry
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url[4:]
+
+
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    if host in ("::", "[::]"):
+        sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=4096)
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host.strip("[]"), port), family=family, backlog=4096)
+    sock.setblocking(False)
+    return [sock]
+
+
+def _connectable(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, *, clock: Callable[[], float] = time.monotonic) -> AsyncIterator[RunningServer]:
+    """Start every configured profile and the HTTP server; stop them all on exit.
+
+    On exit, open channels are closed with 1001 (going away), the HTTP server is asked to
+    stop, and anything still running after the grace period is cancelled.
+    """
+    settings = config.server
+    registry = new_registry()
+    transports = [ep.load()() for ep in plugins.available(plugins.TRANSPORTS).values()]
+    routes: list[tuple[str, Any]] = []
+    runtimes: dict[str, Any] = {}
+    static_dirs = []
+    default_port = None
+    for name, profile_settings in config.profiles.items():
+        profile = plugins.load_profile(name)
+        default_port = default_port if default_port is not None else profile.default_port
+        context = ProfileContext(name, profile_settings, registry, rlog.get_logger(f"rendezvous.{name}"), clock)
+        runtime = profile.create(context)
+        runtimes[name] = runtime
+        routes.extend(("", route) for route in runtime.routes)
+        if runtime.static_dir is not None:
+            static_dirs.append(runtime.static_dir)
+    if settings.metrics_path:
+        routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
+    if settings.healthz_path:
+        routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
+    app = App(routes, transports, static_dirs)
+
+    port = settings.port if settings.port is not None else (default_port or 8000)
+    try:
+        sockets = bind_sockets(settings.host, port)
+    except OSError as exc:
+        from rendezvous.errors import ConfigError
+
+        raise ConfigError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
+    bound_port = sockets[0].getsockname()[1]
+    scheme = "https" if settings.cert else "http"
+    url = f"{scheme}://{_connectable(settings.host)}:{bound_port}"
+    http_server = plugins.load(plugins.SERVERS, settings.http_server)
+    options = ServeOptions(
+        max_message_size=app.max_message_size, grace=settings.shutdown_grace, certfile=settings.cert, keyfile=settings.key
+    )
+    shutdown = anyio.Event()
+    server_done = anyio.Event()
+
+    async def run_http() -> None:
+        try:
+            await http_server.serve(app, sockets, options, shutdown)
+        finally:
+            server_done.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for runtime in runtimes.values():
+                tg.start_soon(runtime.run)
+            tg.start_soon(run_http)
+            try:
+                yield RunningServer(url, settings.host, bound_port, config, runtimes, registry)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for transport in transports:
+                        await transport.shutdown(1001)
+                    shutdown.set()
+                    with anyio.move_on_after(settings.shutdown_grace + 1):
+                        await server_done.wait()
+                tg.cancel_scope.cancel()
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None = None) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with running(config) as server:
+            log.info("serving", url=server.url, profiles=list(config.profiles), http_server=config.server.http_server)
+            for name, runtime in server.runtimes.items():
+                describe = getattr(runtime, "describe", None)
+                if describe is not None:
+                    for event, fields in describe(server.url):
+                        log.info(event, profile=name, **fields)
+            if ready is not None:
+                ready(server)
+            async for signum in signals:
+                log.info("shutting down", signal=signal.Signals(signum).name)
+                break
+    log.info("stopped")
+
+
+def make_config(
+    profiles: str | Sequence[str] = (),
+    *,
+    config_file: str | None = None,
+    server: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build a :class:`Config` from Python values (embedding). ``environ`` defaults to empty."""
+    names = [profiles] if isinstance(profiles, str) else list(profiles)
+    names = names or list((settings or {}).keys())
+    return load_config(
+        names,
+        config_file,
+        environ={} if environ is None else environ,
+        server_overrides={k: (v, "python") for k, v in (server or {}).items()},
+        profile_overrides={p: {k: (v, "python") for k, v in vals.items()} for p, vals in (settings or {}).items()},
+    )

@@ -1,0 +1,98 @@
+"""The seams between transports and profiles."""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+
+import attrs
+
+
+class ChannelClosed(Exception):
+    """The channel is closed; ``code`` is the close code (peer's or ours)."""
+
+    def __init__(self, code: int = 1005, reason: str = "") -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """What a transport knows about who is on the other end."""
+
+    transport: str
+    path: str
+    query: str
+    headers: Mapping[str, str]  # lower-case names; the last value wins
+    client_host: str | None
+    client_port: int | None
+    subprotocols: Sequence[str] = ()
+
+
+class Channel(Protocol):
+    """A bidirectional message channel (a WebSocket, a WebTransport stream, a long-poll pair)."""
+
+    info: ConnectionInfo
+
+    async def accept(self, subprotocol: str | None = None) -> None: ...
+
+    async def refuse(self, status: int = 403) -> None:
+        """Refuse the channel before accepting it (an HTTP status where the transport has one)."""
+
+    async def receive(self) -> str | bytes:
+        """The next whole message; raises :class:`ChannelClosed` once closed."""
+
+    async def send(self, message: str | bytes) -> None:
+        """Send one message; raises :class:`ChannelClosed` if the channel is gone."""
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with a code. Safe from any task and safe to repeat; a blocked ``receive`` ends."""
+
+
+ChannelHandler = Callable[[Channel], Awaitable[None]]
+
+
+@attrs.frozen
+class HttpRequest:
+    method: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+    body: bytes
+    client_host: str | None
+
+
+@attrs.frozen
+class HttpResponse:
+    status: int = 200
+    body: bytes = b""
+    headers: Sequence[tuple[str, str]] = ()
+
+    @classmethod
+    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> "HttpResponse":
+        return cls(status, text.encode(), (("content-type", content_type),))
+
+
+ExchangeHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+@attrs.frozen
+class ChannelRoute:
+    """A bidirectional channel endpoint at an exact path."""
+
+    path: str
+    handler: ChannelHandler
+    max_message_size: int = 64 * 1024
+
+
+@attrs.frozen
+class ExchangeRoute:
+    """A request/response exchange at an exact path (``methods`` empty means any method)."""
+
+    path: str
+    handler: ExchangeHandler
+    methods: frozenset[str] = frozenset()
+    max_body_size: int = 100_000
+
+
+Route = ChannelRoute | ExchangeRoute
