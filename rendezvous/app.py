@@ -22,11 +22,11 @@ def make_static_app(static_dirs: Sequence[pathlib.Path]) -> Any:
     """A Quart app serving static files from ``static_dirs`` (first match wins), ``/`` → index.html."""
     from quart import Quart, abort, send_from_directory
 
-    app = Quart("rendezvous.static")
+    app = Quart("rendezvous.static", static_folder=None)
 
     @app.route("/", defaults={"filename": "index.html"})
     @app.route("/<path:filename>")
-    async def static(filename: str) -> Any:
+    async def serve_file(filename: str) -> Any:
         for directory in static_dirs:
             candidate = directory / filename
             if candidate.is_file():

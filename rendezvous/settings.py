@@ -73,7 +73,7 @@ def convert(value: Any, tp: Any, name: str, source: str) -> Any:
     """Convert a TOML/env/CLI value to ``tp``, or raise a one-line :class:`ConfigError`."""
     inner, optional = _optional_inner(tp)
     where = f"{name} (from {source})"
-    if value is None or (optional and isinstance(value, str) and value == ""):
+    if value is None or (optional and inner is not str and isinstance(value, str) and value == ""):
         if optional:
             return None
         raise ConfigError(f"{where}: a value is required")

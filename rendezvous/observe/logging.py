@@ -18,12 +18,12 @@ SCRUBBED = "[scrubbed]"
 
 # Candidate tokens; each is confirmed with ipaddress so that version strings, times and
 # hex ids are left alone.
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])")
-_IPV6 = re.compile(r"(?<![\w:.])\[?(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})\]?(?![\w:])")
+_IPV4 = re.compile(r"(?<![\w.])((?:\d{1,3}\.){3}\d{1,3})(?![\w.])")
+_IPV6 = re.compile(r"(\[)?(?<![\w:.])((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3}))(?![\w:.])(?(1)\])")
 
 
 def _replace_ip(match: re.Match[str]) -> str:
-    token = match.group(0).strip("[]")
+    token = match.group(match.re.groups)  # the address without brackets
     try:
         ipaddress.ip_address(token)
     except ValueError:

@@ -21,13 +21,11 @@ class HypercornServer:
         config = Config()
         # hypercorn takes ownership of an fd:// socket, so hand it duplicates.
         binds = [f"fd://{s.dup().detach()}" for s in sockets]
+        # Without a certificate hypercorn serves ``bind`` as plain HTTP.
+        config.bind = binds
         if options.certfile is not None:
             config.certfile = str(options.certfile)
             config.keyfile = str(options.keyfile)
-            config.bind = binds
-        else:
-            config.bind = []
-            config.insecure_bind = binds
         config.websocket_max_message_size = options.max_message_size
         config.graceful_timeout = options.grace
         config.accesslog = None

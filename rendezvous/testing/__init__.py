@@ -1,0 +1,88 @@
+"""Public helpers for testing profiles, ours and third parties', the way we test ours.
+
+- :class:`FakeClock` to drive a core matcher by hand (unit tests, no I/O).
+- :func:`serve` to start a real server on 127.0.0.1 with an ephemeral port.
+- :func:`ws_connect`, :func:`recv_json`, :func:`assert_silent` for WebSocket clients
+  (needs the ``websockets`` package: ``pip install rendezvous[test]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any, AsyncIterator, Mapping
+
+import anyio
+
+from rendezvous.server import RunningServer, make_config, running
+
+
+class FakeClock:
+    """A clock you move by hand: pass it as ``clock=`` wherever a ``() -> float`` is taken."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    profile: str,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    http_server: str = "hypercorn",
+    server: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[RunningServer]:
+    """Run ``profile`` in-process on ``127.0.0.1:0``; yields the :class:`RunningServer`."""
+    server_values = {"host": "127.0.0.1", "port": 0, "http_server": http_server, "shutdown_grace": 1.0, **(server or {})}
+    config = make_config(profile, server=server_values, settings={profile: dict(settings or {})})
+    async with running(config, **kwargs) as running_server:
+        yield running_server
+
+
+def ws_connect(url: str, **kwargs: Any) -> Any:
+    """A ``websockets`` client connection (async context manager), with no size limit or pings."""
+    from websockets.asyncio.client import connect
+
+    kwargs.setdefault("max_size", None)
+    kwargs.setdefault("ping_interval", None)
+    kwargs.setdefault("open_timeout", 5)
+    return connect(url, **kwargs)
+
+
+async def recv_json(ws: Any, timeout: float = 5.0) -> Any:
+    """The next frame, parsed as JSON; fails if none arrives within ``timeout``."""
+    with anyio.fail_after(timeout):
+        return json.loads(await ws.recv())
+
+
+async def recv_frame(ws: Any, timeout: float = 5.0) -> str | bytes:
+    with anyio.fail_after(timeout):
+        return await ws.recv()
+
+
+async def assert_silent(ws: Any, within: float = 0.3) -> None:
+    """Assert that no frame arrives on ``ws`` within ``within`` seconds (and it stays open)."""
+    with anyio.move_on_after(within):
+        frame = await ws.recv()
+        raise AssertionError(f"expected silence, got {frame!r}")
+
+
+async def closed_code(ws: Any, timeout: float = 5.0) -> int | None:
+    """Wait for the server to close ``ws``; returns the close code it sent (None if none)."""
+    from websockets.exceptions import ConnectionClosed
+
+    with anyio.fail_after(timeout):
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+    return ws.close_code

@@ -1,0 +1,9 @@
+import pytest
+
+SECRET = "s3cret"
+
+
+@pytest.fixture(params=["hypercorn", "uvicorn"])
+def http_server(request):
+    """Every integration test that asks for this runs on both HTTP server plugins."""
+    return request.param
