@@ -230,7 +230,7 @@ class OverlayRuntime:
         self.metrics.roots.inc()
         self._update_root_gauge()
         self.driver.poke()
-        self.log.info("root connected", roots=self.router.root_count)
+        self.log.info("root connected", roots=self.router.root_count, client=channel.info.client_host)
         try:
             while True:
                 # The root's frames are never routed; "heartbeat" in any form is expected.
