@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator, Callable, Mapping, Sequence
 
 import anyio
 import attrs
+import structlog
 
 from rendezvous import plugins
 from rendezvous.app import App
@@ -65,6 +66,10 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
     stop, and anything still running after the grace period is cancelled.
     """
     settings = config.server
+    if not structlog.is_configured():
+        # Embedded without a logging setup of the embedder's own: keep the safe defaults
+        # (IP addresses scrubbed) rather than structlog's unscrubbed ones.
+        rlog.configure(unsafe_logging=settings.unsafe_logging, log_format=settings.log_format, level=settings.log_level)
     registry = new_registry()
     transports = [ep.load()() for ep in plugins.available(plugins.TRANSPORTS).values()]
     routes: list[tuple[str, Any]] = []

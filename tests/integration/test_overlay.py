@@ -317,3 +317,15 @@ async def test_shutdown_closes_sockets_with_1001(http_server):
         p = await ws_connect(srv.ws_url + "/join").__aenter__()
     assert await closed_code(root) == 1001
     assert await closed_code(p) == 1001
+
+
+# 28, 29, 30 with the original's real timers (about 31 s; one server plugin is enough here)
+@pytest.mark.slow
+async def test_real_timers_heartbeat_15s_and_prospect_close_30s():
+    async with overlay("hypercorn") as srv, ws_connect(root_url(srv)) as root, ws_connect(srv.ws_url + "/join") as p:
+        start = time.monotonic()
+        assert await recv_frame(root, 16) == '"heartbeat"'
+        assert 14.8 < time.monotonic() - start < 15.6
+        assert await closed_code(p, 16) == 1000
+        assert 29.8 < time.monotonic() - start < 30.6
+        assert await recv_frame(root, 2) == '"heartbeat"'  # at 30 s; the root stays
