@@ -10,7 +10,7 @@ Prints JSON lines:
   {"bench":"overlay","metric":"idle",...}   server RSS per idle /join socket
   {"bench":"overlay","metric":"ratio",...}  ours / original joins/s (same core, same generator)
 
-Usage: python bench/overlay.py [--target ours|original|both] [--server hypercorn|uvicorn|both]
+Usage: python bench/overlay.py [--target ours|original|both] [--server hypercorn|uvicorn|native|all]
                                [--duration S] [--concurrency C] [--idle N]
 The original needs `npm ci --ignore-scripts` in tests/interop/js (the package's bin/server
 crashes, so it is started as `new Server(secret, {port})`).
@@ -194,7 +194,7 @@ def bench(target: str, server: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target", choices=["ours", "original", "both"], default="both")
-    parser.add_argument("--server", choices=["hypercorn", "uvicorn", "both"], default="both")
+    parser.add_argument("--server", choices=["hypercorn", "uvicorn", "native", "all"], default="all")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--idle", type=int, default=10000, help="idle /join sockets for the RSS measurement (0: skip)")
@@ -209,7 +209,7 @@ def main() -> None:
     except ImportError:
         pass
     results = {}
-    servers = ["hypercorn", "uvicorn"] if args.server == "both" else [args.server]
+    servers = ["hypercorn", "uvicorn", "native"] if args.server == "all" else [args.server]
     if args.target in ("original", "both"):
         results["original"] = bench("original", "", args)
     if args.target in ("ours", "both"):

@@ -1,7 +1,8 @@
-"""The lean ASGI application: exact-path dispatch to transports, Quart for the long tail.
+"""The application: routes resolved by exact path (or one ``*`` pattern), and its ASGI face.
 
-Hot paths (channels, exchanges) are looked up in a dict by ``(scope type, path)`` and go
-straight to a transport adapter; only what no route claims (static files, 404s) pays for
+Hot paths (channels, exchanges) are looked up in a dict by ``(kind, path)``. Over ASGI they
+go straight to a transport adapter; the native server (``rendezvous.servers.native``) calls
+the same routes without ASGI at all. Only what no route claims (static files, 404s) pays for
 Quart's request machinery (DESIGN.md §6).
 """
 
@@ -10,8 +11,12 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Iterable, Sequence
 
-from rendezvous.transports.base import HttpResponse, Route
+from rendezvous.transports.base import ChannelRoute, HttpResponse, Route
 from rendezvous.transports.http import send_response
+
+CHANNEL = "channel"
+EXCHANGE = "exchange"
+_SCOPE_KIND = {"websocket": CHANNEL, "http": EXCHANGE}
 
 
 class DuplicateRoute(ValueError):
@@ -37,58 +42,59 @@ def make_static_app(static_dirs: Sequence[pathlib.Path]) -> Any:
 
 
 class App:
-    """ASGI callable. Built once per server from the mounted routes and transports."""
+    """Built once per server from the mounted routes; an ASGI callable too."""
 
     def __init__(self, routes: Iterable[tuple[str, Route]], transports: Sequence[Any], static_dirs: Sequence[pathlib.Path] = ()) -> None:
-        routes = list(routes)
+        routes = [(prefix.rstrip("/") + route.path, route) for prefix, route in routes]
         self.transports = list(transports)
-        self._table: dict[tuple[str, str], Any] = {}
-        # Paths with one "*" (e.g. "/*/webrtc-bootstrap-root"): tried in order after the
+        self._exact: dict[tuple[str, str], Route] = {}
+        # Paths with one "*" (e.g. "/*/webrtc-bootstrap-root") are tried in order after the
         # exact table; "*" matches any non-empty text. Keeps secrets out of the dict lookup.
-        self._patterns: list[tuple[str, str, str, Any]] = []
-        for prefix, route in routes:
-            path = prefix.rstrip("/") + route.path
+        self._patterns: list[tuple[str, str, str, Route]] = []
+        for path, route in routes:
+            kind = CHANNEL if isinstance(route, ChannelRoute) else EXCHANGE
+            if "*" in path:
+                head, _, tail = path.partition("*")
+                self._patterns.append((kind, head, tail, route))
+            elif (kind, path) in self._exact:
+                raise DuplicateRoute(f"two routes claim {kind} {path}")
+            else:
+                self._exact[(kind, path)] = route
+        # ASGI handlers, bound by the transport that carries each kind of route.
+        self._asgi: dict[tuple[str, int], Any] = {}
+        for _, route in routes:
             for transport in self.transports:
                 handler = transport.bind(route)
-                if handler is None:
-                    continue
-                if "*" in path:
-                    head, _, tail = path.partition("*")
-                    self._patterns.append((transport.scope_type, head, tail, handler))
-                    continue
-                key = (transport.scope_type, path)
-                if key in self._table:
-                    raise DuplicateRoute(f"two routes claim {transport.scope_type} {path}")
-                self._table[key] = handler
+                if handler is not None:
+                    self._asgi[(transport.scope_type, id(route))] = handler
         self._static = make_static_app(static_dirs) if static_dirs else None
-        self.max_message_size = max(
-            (getattr(r, "max_message_size", 0) for _, r in routes), default=64 * 1024
-        )
+        self.max_message_size = max((getattr(r, "max_message_size", 0) for _, r in routes), default=64 * 1024)
 
-    @property
-    def paths(self) -> list[tuple[str, str]]:
-        return sorted(self._table)
+    def resolve(self, kind: str, path: str) -> Route | None:
+        """The route for ``kind`` (``"channel"`` or ``"exchange"``) at ``path``, if any."""
+        route = self._exact.get((kind, path))
+        if route is not None:
+            return route
+        for route_kind, head, tail, candidate in self._patterns:
+            if route_kind == kind and len(path) > len(head) + len(tail) and path.startswith(head) and path.endswith(tail):
+                return candidate
+        return None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        kind = scope["type"]
-        path = scope.get("path", "")
-        handler = self._table.get((kind, path))
-        if handler is None:
-            for scope_type, head, tail, candidate in self._patterns:
-                if (
-                    scope_type == kind
-                    and len(path) > len(head) + len(tail)
-                    and path.startswith(head)
-                    and path.endswith(tail)
-                ):
-                    handler = candidate
-                    break
+        scope_type = scope["type"]
+        if scope_type == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        route = self.resolve(_SCOPE_KIND.get(scope_type, ""), scope.get("path", ""))
+        handler = self._asgi.get((scope_type, id(route))) if route is not None else None
         if handler is not None:
             await handler(scope, receive, send)
-            return
-        if kind == "lifespan":
-            await self._lifespan(receive, send)
-        elif kind == "websocket":
+        else:
+            await self.fallback(scope, receive, send)
+
+    async def fallback(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """What no route claims: static files (GET/HEAD), else 404; unknown upgrades refused."""
+        if scope["type"] == "websocket":
             # Unknown path: refuse the upgrade (the server answers 403, no 101).
             await send({"type": "websocket.close", "code": 1000})
         elif self._static is not None and scope["method"] in ("GET", "HEAD"):

@@ -29,6 +29,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every frame: json.loads(..., parse_constant=...) would build a new one each call.
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 @attrs.frozen
 class Signal:
     """A JSON object frame: routed by ``destination`` (a non-empty string, else to the root)."""
@@ -60,7 +64,7 @@ def decode(frame: str | bytes) -> Signal | Opaque:
         # JSON.parse(Buffer) stringifies the buffer as UTF-8 first.
         frame = frame.decode("utf-8", "replace")
     try:
-        value = json.loads(frame, parse_constant=_reject_constant)
+        value = _decode(frame)
     except (ValueError, RecursionError):
         raise BadFrame("bad_json") from None
     if value is None:

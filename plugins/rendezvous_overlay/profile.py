@@ -10,6 +10,7 @@ import pathlib
 import secrets
 from typing import Any, Mapping, Sequence
 
+import anyio
 import attrs
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -47,6 +48,9 @@ class OverlaySettings:
     max_prospects: int | None = setting(100_000, help="most open /join sockets (more: accepted, then closed 1013)", validator=positive)
     join_rate: float | None = setting(None, help="per-IP /join connections per second (unset: unlimited)", validator=positive)
     join_burst: int = setting(20, help="per-IP burst of /join connections above join_rate", validator=positive)
+    send_timeout: float = setting(
+        5.0, help="seconds a message may wait for a slow receiver; then that receiver is closed 1008", validator=positive
+    )
     bad_message: BadMessagePolicy = setting(BadMessagePolicy.DROP, help="non-JSON or null frames: drop, or close 1007")
     public: pathlib.Path | None = setting(None, help="directory of static files served over plain HTTP GET")
     seed: int | None = setting(None, help="testing only: seeded ids as the original's opts.seed (per instance)", validator=non_negative)
@@ -111,6 +115,7 @@ class OverlayRuntime:
     def __init__(self, context: ProfileContext) -> None:
         settings: OverlaySettings = context.settings
         self.settings = settings
+        self.send_timeout = settings.send_timeout
         self.log = context.log
         self.clock = context.clock
         self.generated_secret = settings.secret is None
@@ -149,23 +154,34 @@ class OverlayRuntime:
         m = self.metrics
         for effect in effects:
             if type(effect) is Deliver:
-                try:
-                    await effect.to.send(encode(effect.payload, effect.origin))
-                except ChannelClosed:
-                    m.dropped.labels("destination_closed").inc()
-                    continue
-                (m.to_root if self.router.is_root(effect.to) else m.to_prospect).inc()
+                if await self._send(effect.to, encode(effect.payload, effect.origin)):
+                    (m.to_root if self.router.is_root(effect.to) else m.to_prospect).inc()
             elif type(effect) is Keepalive:
-                try:
-                    await effect.to.send(HEARTBEAT)
-                except ChannelClosed:
-                    pass
+                await self._send(effect.to, HEARTBEAT)
             elif type(effect) is Close:
                 await effect.party.close(effect.code, effect.reason)
             elif type(effect) is Dropped:
                 m.dropped.labels(effect.reason).inc()
             elif type(effect) is Answered:
                 m.latency.observe(effect.latency)
+
+    async def _send(self, channel: Channel, text: str) -> bool:
+        """Send to another party without letting it stall the sender for long.
+
+        A receiver that does not read (its socket buffer full) for ``send_timeout`` is
+        closed with 1008, so one slow peer costs neither unbounded memory nor everyone's time.
+        """
+        with anyio.move_on_after(self.send_timeout) as scope:
+            try:
+                await channel.send(text)
+            except ChannelClosed:
+                self.metrics.dropped.labels("destination_closed").inc()
+                return False
+        if scope.cancelled_caught:
+            self.metrics.dropped.labels("slow_receiver").inc()
+            await channel.close(1008, "not reading fast enough")
+            return False
+        return True
 
     # -- endpoints -----------------------------------------------------------------------
     @staticmethod

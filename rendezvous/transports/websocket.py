@@ -14,6 +14,7 @@ from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionIn
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
+CLOSE_SEND_TIMEOUT = 1.0
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
@@ -108,10 +109,12 @@ class WebSocketChannel:
         self._closed = True
         self._close_code = code
         if self._accepted:
-            try:
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
-            except (OSError, RuntimeError):
-                pass
+            # Bounded: a peer that stopped reading must not hold up whoever closes it.
+            with anyio.move_on_after(CLOSE_SEND_TIMEOUT):
+                try:
+                    await self._send({"type": "websocket.close", "code": code, "reason": reason})
+                except (OSError, RuntimeError):
+                    pass
         if self._recv_scope is not None:
             self._recv_scope.cancel()
 

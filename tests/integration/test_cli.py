@@ -114,7 +114,7 @@ def test_port_in_use_is_a_clear_error():
     assert out.returncode == 2 and "cannot listen" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("http_server", ["hypercorn", "uvicorn"])
+@pytest.mark.parametrize("http_server", ["hypercorn", "uvicorn", "native"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_secret_and_port_env_and_graceful_signal(http_server, sig):
     with __import__("socket").socket() as s:

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.interop]
 PAGES = pathlib.Path(__file__).parent / "pages"
 
 
-@pytest.mark.parametrize("http_server", ["hypercorn", "uvicorn"])
+@pytest.mark.parametrize("http_server", ["hypercorn", "uvicorn", "native"])
 async def test_root_and_three_joiners_open_data_channels(bootstrap_bundle, tmp_path, http_server):
     public = tmp_path / "public"
     shutil.copytree(PAGES, public)

@@ -1,0 +1,170 @@
+"""The native HTTP/WebSocket server against hostile and unusual clients, over raw sockets."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import struct
+
+import anyio
+import httpx
+import pytest
+
+from rendezvous.testing import closed_code, recv_json, serve, ws_connect
+
+pytestmark = pytest.mark.anyio
+
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def frame(opcode, payload, *, fin=True, mask=True, rsv=0):
+    head = bytes([(0x80 if fin else 0) | rsv | opcode])
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([mbit | n])
+    elif n < 65536:
+        head += bytes([mbit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([mbit | 127]) + struct.pack("!Q", n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+async def raw_ws(srv, path="/join"):
+    stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    await stream.send(UPGRADE.format(path=path, key=key).encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += await stream.receive()
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return stream, response.split(b"\r\n\r\n", 1)[1]
+
+
+async def read_close_code(stream, leftover=b""):
+    data = leftover
+    with anyio.fail_after(5):
+        while True:
+            while len(data) >= 2:
+                n = data[1] & 0x7F
+                if len(data) < 2 + n:
+                    break
+                if data[0] & 0x0F == 0x8:
+                    return struct.unpack("!H", data[2:4])[0] if n >= 2 else None
+                data = data[2 + n:]
+            try:
+                data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return None
+
+
+@pytest.fixture
+async def srv():
+    async with serve("overlay", {"secret": "s", "send_timeout": 1.0}, http_server="native") as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    "bad,code",
+    [
+        (frame(0x1, b"{}", mask=False), 1002),
+        (frame(0x1, b"{}", rsv=0x40), 1002),
+        (frame(0x1, b"\xff\xfe"), 1007),
+        (frame(0x3, b"x"), 1002),
+        (frame(0x9, b"x" * 126), 1002),
+        (frame(0x0, b"x"), 1002),
+        (frame(0x1, b"x" * 70000), 1009),
+        (frame(0x1, b"x" * 40000, fin=False) + frame(0x0, b"x" * 40000), 1009),
+    ],
+)
+async def test_protocol_violations_close_with_the_right_code(srv, bad, code):
+    async with ws_connect(srv.ws_url + "/s/webrtc-bootstrap-root") as root, ws_connect(srv.ws_url + "/join") as good:
+        stream, leftover = await raw_ws(srv)
+        await stream.send(bad)
+        assert await read_close_code(stream, leftover) == code
+        await good.send('{"still":"served"}')
+        assert (await recv_json(root))["still"] == "served"
+
+
+async def test_fragmented_message_and_ping(srv):
+    async with ws_connect(srv.ws_url + "/s/webrtc-bootstrap-root") as root:
+        stream, leftover = await raw_ws(srv)
+        await stream.send(frame(0x1, b'{"a":', fin=False) + frame(0x9, b"hi") + frame(0x0, b'"b"}'))
+        data = leftover
+        with anyio.fail_after(5):
+            while len(data) < 4:
+                data += await stream.receive()
+        assert data[:4] == b"\x8a\x02hi"  # pong with the ping's payload
+        assert (await recv_json(root))["a"] == "b"
+        await stream.send(frame(0x8, struct.pack("!H", 1000)))
+        assert await read_close_code(stream) == 1000
+
+
+async def test_garbage_http_and_huge_headers_get_400(srv):
+    for payload in (b"\x16\x03\x01 not http at all\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n"):
+        stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+        await stream.send(payload)
+        with anyio.fail_after(5):
+            response = await stream.receive()
+        assert response.startswith(b"HTTP/1.1 400")
+        await stream.aclose()
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(srv.url + "/healthz")).status_code == 200
+
+
+async def test_bad_upgrades(srv):
+    cases = [
+        ("GET /join HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400"),
+        ("POST /join HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: a2V5a2V5a2V5a2V5a2V5aw==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n", b"400"),
+        (UPGRADE.format(path="/nowhere", key="a2V5a2V5a2V5a2V5a2V5aw=="), b"403"),
+        (UPGRADE.format(path="/wrong/webrtc-bootstrap-root", key="a2V5a2V5a2V5a2V5a2V5aw=="), b"403"),
+    ]
+    for request, status in cases:
+        stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+        await stream.send(request.encode())
+        with anyio.fail_after(5):
+            response = await stream.receive()
+        assert response.split(b" ")[1] == status, (request, response)
+        await stream.aclose()
+
+
+async def test_keep_alive_pipelining_head_and_methods(srv):
+    stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+    await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                      b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    with anyio.fail_after(5):
+        while data.count(b"HTTP/1.1 ") < 4 or not data.endswith(b"not found\n"):
+            data += await stream.receive()
+    statuses = re.findall(rb"HTTP/1\.1 (\d+)", data)
+    assert statuses == [b"200", b"200", b"405", b"404"]
+    assert b"ok\n" in data
+    await stream.aclose()
+
+
+async def test_slow_reader_does_not_block_others(http_server):
+    """A prospect that never reads its socket must not stall the server for anyone else (any server)."""
+    async with serve("overlay", {"secret": "s", "send_timeout": 1.0}, http_server=http_server) as srv, ws_connect(srv.ws_url + "/s/webrtc-bootstrap-root") as root:
+        stream, _ = await raw_ws(srv)  # never reads
+        await stream.send(frame(0x1, b'{"who":"slow"}'))
+        slow_id = (await recv_json(root))["origin"]
+        async with ws_connect(srv.ws_url + "/join") as sender:
+            big = '{"destination":"%s","pad":"%s"}' % (slow_id, "x" * 60000)
+            with anyio.fail_after(10):
+                for _ in range(200):  # ~12 MB towards a reader that never reads
+                    await sender.send(big)
+                await sender.send('{"sender":"still served"}')
+                assert (await recv_json(root))["sender"] == "still served"
+        async with ws_connect(srv.ws_url + "/join") as other:
+            await other.send('{"fine":true}')
+            assert (await recv_json(root))["fine"] is True
+        assert srv.metrics.get_sample_value("rendezvous_overlay_dropped_total", {"reason": "slow_receiver"}) == 1
+        await stream.aclose()
