@@ -10,7 +10,6 @@ import pathlib
 import secrets
 from typing import Any, Mapping, Sequence
 
-import anyio
 import attrs
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -21,7 +20,7 @@ from rendezvous.core.limits import KeyedRateLimiter
 from rendezvous.errors import ConfigError
 from rendezvous.profile import ProfileContext
 from rendezvous.settings import non_negative, positive, setting
-from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute
+from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute, SendTimeout
 from rendezvous_overlay.codec import HEARTBEAT, BadFrame, Opaque, decode, encode
 
 ROOT_SUFFIX = "/webrtc-bootstrap-root"
@@ -171,13 +170,12 @@ class OverlayRuntime:
         A receiver that does not read (its socket buffer full) for ``send_timeout`` is
         closed with 1008, so one slow peer costs neither unbounded memory nor everyone's time.
         """
-        with anyio.move_on_after(self.send_timeout) as scope:
-            try:
-                await channel.send(text)
-            except ChannelClosed:
-                self.metrics.dropped.labels("destination_closed").inc()
-                return False
-        if scope.cancelled_caught:
+        try:
+            await channel.send(text, self.send_timeout)
+        except ChannelClosed:
+            self.metrics.dropped.labels("destination_closed").inc()
+            return False
+        except SendTimeout:
             self.metrics.dropped.labels("slow_receiver").inc()
             await channel.close(1008, "not reading fast enough")
             return False

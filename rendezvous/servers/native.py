@@ -33,6 +33,7 @@ from rendezvous.transports.base import (
     ExchangeRoute,
     HttpRequest,
     HttpResponse,
+    SendTimeout,
 )
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -114,15 +115,21 @@ class NativeChannel:
             self._conn.resume_if_paused()
         return message
 
-    async def send(self, message: str | bytes) -> None:
+    async def send(self, message: str | bytes, timeout: float | None = None) -> None:
         if self._closed:
             raise ChannelClosed(self._close_code, self._close_reason)
         if isinstance(message, str):
             self._conn.write(_frame(0x1, message.encode()))
         else:
             self._conn.write(_frame(0x2, message))
-        if self._conn.write_paused:
-            await self._conn.drained()
+        if self._conn.write_paused:  # only a peer that is not reading costs a wait
+            if timeout is None:
+                await self._conn.drained()
+                return
+            with anyio.move_on_after(timeout) as scope:
+                await self._conn.drained()
+            if scope.cancelled_caught:
+                raise SendTimeout()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:

@@ -16,6 +16,10 @@ class ChannelClosed(Exception):
         self.reason = reason
 
 
+class SendTimeout(Exception):
+    """A send waited longer than its ``timeout`` for a peer that is not reading."""
+
+
 @attrs.frozen
 class ConnectionInfo:
     """What a transport knows about who is on the other end."""
@@ -42,8 +46,12 @@ class Channel(Protocol):
     async def receive(self) -> str | bytes:
         """The next whole message; raises :class:`ChannelClosed` once closed."""
 
-    async def send(self, message: str | bytes) -> None:
-        """Send one message; raises :class:`ChannelClosed` if the channel is gone."""
+    async def send(self, message: str | bytes, timeout: float | None = None) -> None:
+        """Send one message; raises :class:`ChannelClosed` if the channel is gone.
+
+        With ``timeout``, raises :class:`SendTimeout` if the peer's buffer stays full that
+        long (transports make the common, non-blocking case cost nothing extra).
+        """
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with a code. Safe from any task and safe to repeat; a blocked ``receive`` ends."""

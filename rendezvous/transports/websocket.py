@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 
-from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Route
+from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Route, SendTimeout
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
@@ -93,15 +93,21 @@ class WebSocketChannel:
         self._close_code = int(event.get("code", 1005))
         raise ChannelClosed(self._close_code, event.get("reason") or "")
 
-    async def send(self, message: str | bytes) -> None:
+    async def send(self, message: str | bytes, timeout: float | None = None) -> None:
         if self._closed:
             raise ChannelClosed(self._close_code)
         event = {"type": "websocket.send", "text": message} if isinstance(message, str) else {"type": "websocket.send", "bytes": message}
         try:
-            await self._send(event)
+            if timeout is None:
+                await self._send(event)
+                return
+            with anyio.move_on_after(timeout) as scope:
+                await self._send(event)
         except (OSError, RuntimeError) as exc:  # servers differ in what a dead socket raises
             self._closed = True
             raise ChannelClosed(1006, str(exc)) from exc
+        if scope.cancelled_caught:
+            raise SendTimeout()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:
