@@ -49,7 +49,7 @@ class App:
         self.transports = list(transports)
         self._exact: dict[tuple[str, str], Route] = {}
         # Paths with one "*" (e.g. "/*/webrtc-bootstrap-root") are tried in order after the
-        # exact table; "*" matches any non-empty text. Keeps secrets out of the dict lookup.
+        # exact table; "*" matches any text. Keeps secrets out of the dict lookup.
         self._patterns: list[tuple[str, str, str, Route]] = []
         for path, route in routes:
             kind = CHANNEL if isinstance(route, ChannelRoute) else EXCHANGE
@@ -76,7 +76,7 @@ class App:
         if route is not None:
             return route
         for route_kind, head, tail, candidate in self._patterns:
-            if route_kind == kind and len(path) > len(head) + len(tail) and path.startswith(head) and path.endswith(tail):
+            if route_kind == kind and len(path) >= len(head) + len(tail) and path.startswith(head) and path.endswith(tail):
                 return candidate
         return None
 

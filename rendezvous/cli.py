@@ -27,7 +27,7 @@ def _flag_names(field: Any, meta: Any) -> list[str]:
     return ["--" + field.name.replace("_", "-"), *meta.flags]
 
 
-def _add_settings(group: argparse._ArgumentGroup, cls: type, dest_prefix: str) -> None:
+def _add_settings(group: argparse._ArgumentGroup, cls: type, dest_prefix: str, aliases: dict[str, list[str]] | None = None) -> None:
     for field, meta, tp in fields_of(cls):
         kwargs: dict[str, Any] = {"dest": dest_prefix + field.name, "default": argparse.SUPPRESS, "help": meta.help}
         inner = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else tp
@@ -37,7 +37,7 @@ def _add_settings(group: argparse._ArgumentGroup, cls: type, dest_prefix: str) -
             kwargs["metavar"] = "{" + ",".join(m.value for m in inner) + "}"
         else:
             kwargs["metavar"] = field.name.upper()
-        group.add_argument(*_flag_names(field, meta), **kwargs)
+        group.add_argument(*_flag_names(field, meta), *(aliases or {}).get(field.name, ()), **kwargs)
 
 
 def _collect(args: argparse.Namespace, prefix: str) -> dict[str, tuple[Any, str]]:
@@ -45,8 +45,8 @@ def _collect(args: argparse.Namespace, prefix: str) -> dict[str, tuple[Any, str]
 
 
 def _serve(argv: Sequence[str]) -> int:
-    pre = _Parser(add_help=False)
-    pre.add_argument("--profile", action="append", default=[])
+    pre = _Parser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--profile", "-profile", action="append", default=[])
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     names: list[str] = known.profile
@@ -59,14 +59,17 @@ def _serve(argv: Sequence[str]) -> int:
         listed = data.get("profiles", data.get("profile", []))
         names = [listed] if isinstance(listed, str) else list(listed)
 
-    parser = _Parser(prog="rendezvous serve", description="Serve one or more profiles.")
-    parser.add_argument("--profile", action="append", default=[], metavar="NAME", help="profile to serve (repeatable)")
+    parser = _Parser(prog="rendezvous serve", description="Serve one or more profiles.", allow_abbrev=False)
+    parser.add_argument("--profile", "-profile", action="append", default=[], metavar="NAME", help="profile to serve (repeatable)")
     parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    _add_settings(parser.add_argument_group("server"), ServerSettings, "server.")
-    profiles = {}
-    for name in names:
-        profile = plugins.load_profile(name)
-        profiles[name] = profile
+    profiles = {name: plugins.load_profile(name) for name in names}
+    # Profiles may give server settings the flag names their original uses (Go's -cert).
+    server_aliases: dict[str, list[str]] = {}
+    for profile in profiles.values():
+        for field, flags in getattr(profile, "server_flags", {}).items():
+            server_aliases.setdefault(field, []).extend(f for f in flags if f not in server_aliases.get(field, []))
+    _add_settings(parser.add_argument_group("server"), ServerSettings, "server.", server_aliases)
+    for name, profile in profiles.items():
         group = parser.add_argument_group(f"profile {name}")
         _add_settings(group, profile.settings, f"{name}.")
         if hasattr(profile, "add_arguments"):

@@ -1,6 +1,8 @@
 """Configuration: embedded defaults < TOML file < environment < command line.
 
-A TOML file has a ``[server]`` table and one table per profile (``[overlay]``); it may name
+Profiles may add server defaults (``server_defaults``), translate their own options into
+server settings (``server_values``, e.g. Snowflake's ``--addr``) and check the whole
+(``validate``). A TOML file has a ``[server]`` table and one table per profile (``[overlay]``); it may name
 its profiles with a top-level ``profiles = [...]``. Env vars are ``RENDEZVOUS_<FIELD>`` for
 server settings, ``RENDEZVOUS_<PROFILE>_<FIELD>`` for profile settings, plus the names the
 original systems use (``SECRET``, ``PORT``, ...) as each profile declares them.
@@ -112,25 +114,44 @@ def load_config(
                 raise ConfigError(f"config file {path}: unknown table or key {key!r}")
 
     server_aliases: dict[str, list[str]] = {}
+    server_defaults: Values = {}
+    server_from_profiles: Values = {}
     profiles: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
     for name in names:
         try:
             profile = plugins.load_profile(name)
         except plugins.PluginError as exc:
             raise ConfigError(str(exc)) from None
+        loaded[name] = profile
         for field, env_names in getattr(profile, "server_env", {}).items():
             server_aliases.setdefault(field, []).extend(env_names)
+        for field, value in getattr(profile, "server_defaults", {}).items():
+            server_defaults.setdefault(field, (value, f"profile {name} default"))
         values: Values = {}
         if path is not None:
             values.update(table(data, name, path))
         values.update(env_values(profile.settings, f"RENDEZVOUS_{name.upper()}_", environ))
         values.update((profile_overrides or {}).get(name, {}))
         profiles[name] = build(profile.settings, values, name)
+        # Profiles whose original takes server options in its own terms (Snowflake's --addr).
+        if hasattr(profile, "server_values"):
+            try:
+                server_from_profiles.update(profile.server_values(profiles[name]))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
 
-    server_values: Values = {}
+    server_values: Values = dict(server_defaults)
     if path is not None:
         server_values.update(table(data, "server", path))
     server_values.update(env_values(ServerSettings, "RENDEZVOUS_", environ, server_aliases))
+    server_values.update(server_from_profiles)
     server_values.update(server_overrides or {})
     server = build(ServerSettings, server_values, "server")
+    for name, profile in loaded.items():
+        if hasattr(profile, "validate"):
+            try:
+                profile.validate(profiles[name], server)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
     return Config(server=server, profiles=profiles)

@@ -30,7 +30,11 @@ class ProfileRuntime(Protocol):
     static_dir: pathlib.Path | None
 
     async def run(self) -> None:
-        """Background work (timers); runs until cancelled when the server stops."""
+        """Background work (timers); runs until cancelled when the server stops.
+
+        A runtime may also have ``async def shutdown()``: called first when the server
+        stops, to answer whatever is waiting (long-polls) instead of cutting it off.
+        """
 
 
 @runtime_checkable

@@ -42,7 +42,10 @@ class RunningServer:
 
 def bind_sockets(host: str, port: int) -> list[socket.socket]:
     if host in ("::", "[::]"):
-        sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=4096)
+        try:
+            sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=4096)
+        except OSError:  # no IPv6 here (e.g. a network namespace without it): all IPv4 interfaces
+            sock = socket.create_server(("0.0.0.0", port), backlog=4096)
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host.strip("[]"), port), family=family, backlog=4096)
@@ -123,6 +126,11 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 yield RunningServer(url, settings.host, bound_port, config, runtimes, registry)
             finally:
                 with anyio.CancelScope(shield=True):
+                    for runtime in runtimes.values():
+                        # Let profiles answer what is waiting (long-polls) before the server stops.
+                        stop = getattr(runtime, "shutdown", None)
+                        if stop is not None:
+                            await stop()
                     for transport in transports:
                         await transport.shutdown(1001)
                     shutdown.set()

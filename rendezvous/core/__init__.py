@@ -4,7 +4,8 @@ Every matcher is plain state that is *given the time* and returns what must happ
 (effects), plus ``next_deadline()``. :mod:`rendezvous.core.driver` turns that into waiting.
 """
 
-from rendezvous.core.effects import Close, Deliver, Dropped, Effect, Keepalive, Answered
+from rendezvous.core.effects import Answered, Close, Deliver, Dropped, Effect, Expired, Keepalive
+from rendezvous.core.pairing import Pairing
 from rendezvous.core.routing import RootPolicy, Router
 
-__all__ = ["Answered", "Close", "Deliver", "Dropped", "Effect", "Keepalive", "RootPolicy", "Router"]
+__all__ = ["Answered", "Close", "Deliver", "Dropped", "Effect", "Expired", "Keepalive", "Pairing", "RootPolicy", "Router"]

@@ -46,10 +46,18 @@ class Dropped:
 
 
 @attrs.frozen
+class Expired:
+    """``party`` waited past its deadline; ``reason`` says which wait (e.g. ``"hold"``, ``"answer"``)."""
+
+    party: Party
+    reason: str
+
+
+@attrs.frozen
 class Answered:
     """The first message reached a party that had asked something: ``latency`` seconds after it asked."""
 
     latency: float
 
 
-Effect = Union[Deliver, Keepalive, Close, Dropped, Answered]
+Effect = Union[Deliver, Keepalive, Close, Dropped, Answered, Expired]

@@ -4,6 +4,7 @@
 - :func:`serve` to start a real server on 127.0.0.1 with an ephemeral port.
 - :func:`ws_connect`, :func:`recv_json`, :func:`assert_silent` for WebSocket clients
   (needs the ``websockets`` package: ``pip install rendezvous[test]``).
+- :func:`http_call`: one HTTP/1.1 request per connection, for many concurrent long-polls.
 """
 
 from __future__ import annotations
@@ -86,3 +87,75 @@ async def closed_code(ws: Any, timeout: float = 5.0) -> int | None:
         except ConnectionClosed:
             pass
     return ws.close_code
+
+
+class HttpReply:
+    __slots__ = ("status", "headers", "content")
+
+    def __init__(self, status: int, headers: dict[str, str], content: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+
+    @property
+    def status_code(self) -> int:
+        return self.status
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+async def http_call(url: str, method: str = "GET", body: bytes = b"", headers: Mapping[str, str] | None = None,
+                    timeout: float = 30.0) -> HttpReply:
+    """One HTTP/1.1 request on its own connection: cheap enough for thousands at once.
+
+    (A pooled client such as httpx slows down sharply with many concurrent long-polls on one
+    pool; load tests and long-poll tests use this instead.)
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", f"Content-Length: {len(body)}", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    with anyio.fail_after(timeout):
+        async with await anyio.connect_tcp(parts.hostname, parts.port or 80) as stream:
+            await stream.send(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive()
+            head, _, rest = data.partition(b"\r\n\r\n")
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            reply_headers = {}
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                reply_headers[name.strip().lower()] = value.strip()
+            status = int(status_line.split(" ")[1])
+            length = reply_headers.get("content-length")
+            try:
+                while length is None or len(rest) < int(length):
+                    rest += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+            if reply_headers.get("transfer-encoding", "").lower() == "chunked":
+                rest = _dechunk(rest)
+            elif length is not None:
+                rest = rest[: int(length)]
+    return HttpReply(status, reply_headers, rest)
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2:]
+    return out

@@ -1,0 +1,231 @@
+"""Snowflake broker messages: decoding as Go's encoding/json does, encoding byte for byte.
+
+Go matches JSON keys to struct fields case-insensitively (an exact match is not needed) and
+the last occurrence wins; ``null`` leaves a field at its zero value; a value of the wrong type
+fails the whole decode. Replies are Go ``json.Marshal`` output: struct field order, no spaces,
+``<``, ``>`` and ``&`` escaped as ``\\u003c`` etc.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+KNOWN_PROXY_TYPES = frozenset({"standalone", "webext", "badge", "iptproxy"})
+NAT_UNKNOWN, NAT_RESTRICTED, NAT_UNRESTRICTED = "unknown", "restricted", "unrestricted"
+NAT_TYPES = frozenset({NAT_UNKNOWN, NAT_RESTRICTED, NAT_UNRESTRICTED})
+DEFAULT_FINGERPRINT = "2B280B23E1107BB62ABFC40DDCC8824814F80A72"
+
+STR_NO_PROXIES = "no snowflake proxies currently available"
+STR_TIMED_OUT = "timed out waiting for answer!"
+STATUS_MATCH, STATUS_NO_MATCH, STATUS_BAD_RELAY = "client match", "no match", "incorrect relay pattern"
+
+
+class BadRequest(ValueError):
+    """The request does not decode; ``str()`` is the error text the Go broker would give."""
+
+
+_decoder = json.JSONDecoder()
+
+
+def _go_escape(text: str) -> str:
+    # Go's json.Marshal escapes HTML-significant characters and U+2028/U+2029.
+    return (
+        text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    )
+
+
+def go_marshal(fields: list[tuple[str, Any]]) -> bytes:
+    """``json.Marshal`` of a Go struct: keys in field order, compact, Go's escaping."""
+    body = ",".join(f"{json.dumps(k)}:{json.dumps(v, ensure_ascii=False)}" for k, v in fields)
+    return _go_escape("{" + body + "}").encode()
+
+
+_GO_CONTEXT = {
+    "Expecting value": "looking for beginning of value",
+    "Expecting property name enclosed in double quotes": "looking for beginning of object key string",
+    "Expecting ':' delimiter": "after object key",
+    "Expecting ',' delimiter": "after object key:value pair",
+}
+
+
+def _go_char(ch: str) -> str:
+    return "'\\''" if ch == "'" else f"'{ch}'"
+
+
+def _go_syntax_error(exc: json.JSONDecodeError) -> str:
+    """Go's encoding/json wording for the common syntax errors."""
+    if exc.pos >= len(exc.doc) or exc.msg.startswith("Unterminated"):
+        return "unexpected end of JSON input"
+    context = _GO_CONTEXT.get(exc.msg, "looking for beginning of value")
+    return f"invalid character {_go_char(exc.doc[exc.pos])} {context}"
+
+
+def _go_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def decode_object(data: bytes | str, schema: dict[str, type], struct: str) -> dict[str, Any]:
+    """Decode a JSON object into ``schema``'s fields the way Go does; errors carry Go's text."""
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text = data.decode("utf-8", "replace")
+    else:
+        text = data
+    stripped = text.strip(" \t\r\n")
+    if not stripped:
+        raise BadRequest("unexpected end of JSON input")
+    try:
+        value, end = _decoder.raw_decode(stripped)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(_go_syntax_error(exc)) from None
+    except RecursionError:
+        raise BadRequest("exceeded max depth") from None
+    if end != len(stripped):
+        raise BadRequest(f"invalid character {_go_char(stripped[end])} after top-level value")
+    out: dict[str, Any] = {}
+    if value is None:
+        return out
+    if not isinstance(value, dict):
+        raise BadRequest(f"json: cannot unmarshal {_go_type_name(value)} into Go value of type messages.{struct}")
+    names = {name.lower(): name for name in schema}
+    for key, item in value.items():
+        name = names.get(key.lower())
+        if name is None:
+            continue
+        if item is None:
+            if schema[name] is type(None):  # pointer field: null means absent
+                out.pop(name, None)
+            continue
+        want = schema[name]
+        if want is type(None):
+            want = str
+        if want is int:
+            ok = isinstance(item, int) and not isinstance(item, bool) and -(2**63) <= item < 2**63
+        else:
+            ok = isinstance(item, want) and not (want is int and isinstance(item, bool))
+        if not ok:
+            kind = "int" if want is int else "string"
+            raise BadRequest(
+                f"json: cannot unmarshal {_go_type_name(item)} into Go struct field {struct}.{name} of type {kind}"
+            )
+        out[name] = item
+    return out
+
+
+def _major_version_ok(version: str) -> bool:
+    return version.split(".", 1)[0] == "1"
+
+
+@attrs.frozen
+class ProxyPoll:
+    sid: str
+    type: str
+    nat: str
+    clients: int
+    accepted_relay_pattern: str | None  # None: the proxy predates the relay-URL extension
+
+
+# AcceptedRelayPattern is a *string in Go: type(None) marks "pointer, null means absent".
+_POLL_SCHEMA = {"Sid": str, "Version": str, "Type": str, "NAT": str, "Clients": int, "AcceptedRelayPattern": type(None)}
+
+
+def decode_proxy_poll(body: bytes) -> ProxyPoll:
+    fields = decode_object(body, _POLL_SCHEMA, "ProxyPollRequest")
+    if not _major_version_ok(fields.get("Version", "")):
+        raise BadRequest("using unknown version")
+    sid = fields.get("Sid", "")
+    if not sid:
+        raise BadRequest("no supplied session id")
+    nat = fields.get("NAT", "") or NAT_UNKNOWN
+    if nat not in NAT_TYPES:
+        raise BadRequest("invalid NAT type")
+    proxy_type = fields.get("Type", "")
+    if proxy_type not in KNOWN_PROXY_TYPES:
+        proxy_type = "unknown"
+    return ProxyPoll(sid, proxy_type, nat, fields.get("Clients", 0), fields.get("AcceptedRelayPattern"))
+
+
+def encode_poll_reply(status: str, offer: str = "", nat: str = "", relay_url: str = "") -> bytes:
+    return go_marshal([("Status", status), ("Offer", offer), ("NAT", nat), ("RelayURL", relay_url)])
+
+
+@attrs.frozen
+class ProxyAnswer:
+    sid: str
+    answer: str
+
+
+def decode_proxy_answer(body: bytes) -> ProxyAnswer:
+    fields = decode_object(body, {"Version": str, "Sid": str, "Answer": str}, "ProxyAnswerRequest")
+    if not _major_version_ok(fields.get("Version", "")):
+        raise BadRequest("using unknown version")
+    sid, answer = fields.get("Sid", ""), fields.get("Answer", "")
+    if not sid or not answer:
+        raise BadRequest("no supplied sid or answer")
+    return ProxyAnswer(sid, answer)
+
+
+def encode_answer_reply(success: bool) -> bytes:
+    return go_marshal([("Status", "success" if success else "client gone")])
+
+
+@attrs.frozen
+class ClientPoll:
+    offer: str
+    nat: str
+    fingerprint: str  # upper-case hex, 40 or 64 characters
+
+
+def _go_hex_error(text: str) -> str | None:
+    """hex.DecodeString's error: the first invalid byte (``%#U``), else an odd length."""
+    for byte in text.encode("utf-8"):
+        if chr(byte) not in "0123456789abcdefABCDEF":
+            return f"encoding/hex: invalid byte: U+{byte:04X} '{chr(byte)}'"
+    if len(text) % 2:
+        return "encoding/hex: odd length hex string"
+    return None
+
+
+def decode_client_poll(body: bytes) -> ClientPoll:
+    """The v1.0 client format: ``1.0\\n{json}``. Errors carry the Go broker's texts."""
+    version, newline, rest = body.partition(b"\n")
+    if not newline or version != b"1.0":
+        raise BadRequest("unsupported message version")
+    fields = decode_object(rest, {"offer": str, "nat": str, "fingerprint": str}, "ClientPollRequest")
+    offer = fields.get("offer", "")
+    if not offer:
+        raise BadRequest("no supplied offer")
+    fingerprint = fields.get("fingerprint", "") or DEFAULT_FINGERPRINT
+    problem = _go_hex_error(fingerprint)
+    if problem:
+        raise BadRequest(problem)
+    if len(fingerprint) not in (40, 64):
+        raise BadRequest("cannot decode fingerprint")
+    nat = fields.get("nat", "") or NAT_UNKNOWN
+    if nat not in NAT_TYPES:
+        raise BadRequest("invalid NAT type")
+    return ClientPoll(offer, nat, fingerprint.upper())
+
+
+def encode_client_request(offer: str, nat: str, fingerprint: str = DEFAULT_FINGERPRINT) -> bytes:
+    """What a v1.0 client sends (used by the legacy shim, AMP tests and the bench)."""
+    return b"1.0\n" + go_marshal([("offer", offer), ("nat", nat), ("fingerprint", fingerprint)])
+
+
+def encode_client_reply(answer: str | None = None, error: str | None = None) -> bytes:
+    # `omitempty` on both fields: exactly one key.
+    return go_marshal([("answer", answer)] if answer else [("error", error or "")])

@@ -1,0 +1,418 @@
+"""Snowflake profile: the Go broker's settings and flags, and the runtime that binds the
+messages to the pairing matcher."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import ipaddress
+import pathlib
+import sys
+from typing import Any, Mapping, Sequence
+
+import anyio
+import attrs
+
+from rendezvous.core import Deliver, Expired, Pairing
+from rendezvous.core.driver import Driver
+from rendezvous.errors import ConfigError
+from rendezvous.profile import ProfileContext
+from rendezvous.settings import positive, setting
+from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse
+from rendezvous_snowflake import amp, messages
+from rendezvous_snowflake.bridges import DEFAULT_BRIDGES, UNKNOWN_BRIDGE, load_bridge_list, relay_pattern_accepted
+from rendezvous_snowflake.geoip import UNKNOWN_COUNTRY, GeoIP
+from rendezvous_snowflake.messages import (
+    NAT_RESTRICTED, NAT_UNKNOWN, NAT_UNRESTRICTED, STATUS_BAD_RELAY, STATUS_MATCH, STATUS_NO_MATCH,
+    STR_NO_PROXIES, STR_TIMED_OUT, BadRequest,
+)
+from rendezvous_snowflake.stats import Descriptor, Prometheus
+
+READ_LIMIT = 100_000
+UNRESTRICTED_POOL, RESTRICTED_POOL = "unrestricted", "restricted"
+CORS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Headers", "Origin, X-Session-ID"))
+# Go sniffs a Content-Type for replies that set none: JSON text sniffs as text/plain.
+TEXT = ("Content-Type", "text/plain; charset=utf-8")
+
+
+class Matching(enum.Enum):
+    #: v2.8.0 and later: an unrestricted client falls back to unrestricted proxies.
+    CURRENT = "current"
+    #: v2.5.1: an unrestricted client takes only restricted/unknown proxies.
+    V2_5_1 = "2.5.1"
+
+
+def _go(name: str) -> list[str]:
+    return ["-" + name]  # Go's flag package: -x and --x are the same flag
+
+
+@attrs.frozen
+class SnowflakeSettings:
+    addr: str = setting(":443", help="address to listen on, Go style: [host]:port", flags=_go("addr"))
+    disable_tls: bool = setting(False, help="don't use HTTPS", flags=_go("disable-tls"))
+    acme_hostnames: str = setting("", help="comma-separated hostnames for ACME (not supported yet)", flags=_go("acme-hostnames"))
+    acme_email: str = setting("", help="ACME contact e-mail (not supported yet)", flags=_go("acme-email"))
+    acme_cert_cache: str = setting("acme-cert-cache", help="ACME certificate cache directory (not supported yet)", flags=_go("acme-cert-cache"))
+    bridge_list_path: pathlib.Path | None = setting(None, help="file of known bridges (newline-delimited JSON)", flags=_go("bridge-list-path"))
+    allowed_relay_pattern: str = setting("", help="pattern proxies must accept for relay URLs (e.g. snowflake.torproject.net$)", flags=_go("allowed-relay-pattern"))
+    default_relay_pattern: str = setting("", help="pattern assumed for proxies that send no AcceptedRelayPattern (v2.5.1)", flags=_go("default-relay-pattern"))
+    geoipdb: pathlib.Path = setting(pathlib.Path("/usr/share/tor/geoip"), help="Tor-format IPv4 GeoIP file", flags=_go("geoipdb"))
+    geoip6db: pathlib.Path = setting(pathlib.Path("/usr/share/tor/geoip6"), help="Tor-format IPv6 GeoIP file", flags=_go("geoip6db"))
+    disable_geoip: bool = setting(False, help="don't use GeoIP (countries show as ??)", flags=_go("disable-geoip"))
+    metrics_log: pathlib.Path | None = setting(None, help="file the metrics descriptors are appended to (served at /metrics); unset: stdout", flags=_go("metrics-log"))
+    metrics_interval: float = setting(86400.0, help="seconds between metrics descriptor dumps", validator=positive)
+    ip_count_log: str = setting("", help="proxy IP count log (not supported yet)", flags=_go("ip-count-log"))
+    ip_count_mask: str = setting("", help="proxy IP count mask (not supported yet)", flags=_go("ip-count-mask"))
+    ip_count_interval: str = setting("1h", help="proxy IP count interval (accepted; needs --ip-count-log)", flags=_go("ip-count-interval"))
+    broker_sqs_name: str = setting("", help="SQS queue name for rendezvous (not supported yet)", flags=_go("broker-sqs-name"))
+    broker_sqs_region: str = setting("", help="SQS region (not supported yet)", flags=_go("broker-sqs-region"))
+    client_timeout: float = setting(10.0, help="seconds a matched client waits for the proxy's answer (v2.5.1: 10, HEAD: 5)", validator=positive)
+    proxy_timeout: float = setting(10.0, help="seconds a proxy poll is held waiting for a client", validator=positive)
+    matching: Matching = setting(Matching.CURRENT, help="pool rule for unrestricted clients: current (fallback) or 2.5.1")
+
+    def __attrs_post_init__(self) -> None:
+        parse_addr(self.addr)
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """Go's ``host:port`` (``:443`` = all interfaces, ``[::1]:80``) → (host, port)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"addr: expected [host]:port, got {addr!r}")
+    host = host.strip("[]") or "::"
+    return host, int(port)
+
+
+class SnowflakeProfile:
+    name = "snowflake"
+    summary = "Tor Snowflake broker, drop-in for the Go broker (HTTP long-poll)"
+    settings = SnowflakeSettings
+    default_port = 443
+    server_env: Mapping[str, Sequence[str]] = {}
+    server_defaults: Mapping[str, Any] = {"metrics_path": "/prometheus"}
+    server_flags: Mapping[str, Sequence[str]] = {"cert": _go("cert"), "key": _go("key"), "unsafe_logging": _go("unsafe-logging")}
+
+    def server_values(self, settings: SnowflakeSettings) -> Mapping[str, tuple[Any, str]]:
+        host, port = parse_addr(settings.addr)
+        return {"host": (host, "snowflake.addr"), "port": (port, "snowflake.addr")}
+
+    def validate(self, settings: SnowflakeSettings, server: Any) -> None:
+        if settings.acme_hostnames:
+            raise ConfigError("--acme-hostnames: ACME is not supported yet (use --cert and --key, or --disable-tls)")
+        if settings.broker_sqs_name or settings.broker_sqs_region:
+            raise ConfigError("--broker-sqs-name/--broker-sqs-region: SQS rendezvous is not supported yet")
+        if settings.ip_count_log or settings.ip_count_mask:
+            raise ConfigError("--ip-count-log/--ip-count-mask: proxy IP counting is not supported yet")
+        if server.cert is None and not settings.disable_tls:
+            raise ConfigError("the --acme-hostnames, --cert and --key, or --disable-tls option is required")
+
+    def create(self, context: ProfileContext) -> "SnowflakeRuntime":
+        return SnowflakeRuntime(context)
+
+
+class _Waiting:
+    """One HTTP request waiting in the matcher (a proxy poll or a client offer)."""
+
+    __slots__ = ("event", "result", "proxy_type")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.result: Any = None
+        self.proxy_type = ""
+
+
+@attrs.frozen
+class _Offer:
+    sdp: str
+    nat: str
+    relay_url: str
+
+
+def _is_public(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return address.is_global
+
+
+def client_ip(request: HttpRequest) -> str | None:
+    """Leftmost public address in ``Forwarded``, then ``X-Forwarded-For``, then the peer."""
+    forwarded = request.headers.get("forwarded", "")
+    for element in forwarded.split(","):
+        for pair in element.split(";"):
+            key, _, value = pair.strip().partition("=")
+            if key.lower() == "for":
+                value = value.strip('"')
+                if value.startswith("["):
+                    value = value[1:].partition("]")[0]
+                elif value.count(":") == 1:
+                    value = value.partition(":")[0]
+                if _is_public(value):
+                    return value
+    for value in request.headers.get("x-forwarded-for", "").split(","):
+        value = value.strip()
+        if _is_public(value):
+            return value
+    return request.client_host
+
+
+def sdp_candidate_ip(offer: str) -> str | None:
+    """The address of the first ICE candidate in an offer (AMP clients are geolocated by it)."""
+    for marker in ("a=candidate:", "candidate:"):
+        index = offer.find(marker)
+        if index >= 0:
+            fields = offer[index + len(marker):].split()
+            if len(fields) >= 5:
+                return fields[4]
+    return None
+
+
+class SnowflakeRuntime:
+    def __init__(self, context: ProfileContext) -> None:
+        s: SnowflakeSettings = context.settings
+        self.settings = s
+        self.log = context.log
+        self.clock = context.clock
+        self.bridges = load_bridge_list(s.bridge_list_path) if s.bridge_list_path else dict(DEFAULT_BRIDGES)
+        self.geoip = None if s.disable_geoip else GeoIP.load(s.geoipdb, s.geoip6db)
+        if not s.allowed_relay_pattern:
+            self.log.warning(
+                "--allowed-relay-pattern is empty: every proxy that sends a relay pattern (all modern proxies) "
+                "will be rejected with 'incorrect relay pattern'"
+            )
+        self.pairing = Pairing(hold_timeout=s.proxy_timeout, answer_timeout=s.client_timeout)
+        self.driver = Driver(self.pairing, self._execute_timed, context.clock)
+        self.prom = Prometheus(context.metrics)
+        self.descriptor = Descriptor()
+        self.client_pools = {
+            NAT_RESTRICTED: (UNRESTRICTED_POOL,),
+            NAT_UNKNOWN: (UNRESTRICTED_POOL,),
+            NAT_UNRESTRICTED: (RESTRICTED_POOL, UNRESTRICTED_POOL) if s.matching is Matching.CURRENT else (RESTRICTED_POOL,),
+        }
+        any_method = frozenset()
+        self.routes = [
+            ExchangeRoute("/proxy", self._cors(self.proxy_poll), any_method, READ_LIMIT),
+            ExchangeRoute("/client", self._cors(self.client_offer), any_method, READ_LIMIT),
+            ExchangeRoute("/answer", self._cors(self.proxy_answer), any_method, READ_LIMIT),
+            ExchangeRoute("/debug", self._cors(self.debug), any_method, READ_LIMIT),
+            ExchangeRoute("/metrics", self._cors(self.metrics_descriptor), any_method, READ_LIMIT),
+            ExchangeRoute("/amp/client/*", self._cors(self.amp_client), any_method, READ_LIMIT),
+            ExchangeRoute("/robots.txt", self.robots, any_method, READ_LIMIT),
+        ]
+        self.static_dir = None
+
+    def describe(self, url: str) -> list[tuple[str, dict[str, str]]]:
+        return [("snowflake broker", {"url": url + "/"})]
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.driver.run)
+            tg.start_soon(self._dump_metrics_forever)
+
+    async def shutdown(self) -> None:
+        """Answer every held poll ("no match") and waiting client ("timed out") before stopping."""
+        self._execute(self.pairing.drain(self.clock()))
+
+    # -- effects ----------------------------------------------------------------------------
+    def _execute(self, effects: Sequence[Any]) -> None:
+        for effect in effects:
+            if type(effect) is Deliver:
+                effect.to.result = effect.payload
+                effect.to.event.set()
+            elif type(effect) is Expired:
+                effect.party.result = None
+                effect.party.event.set()
+
+    async def _execute_timed(self, effects: Sequence[Any]) -> None:
+        self._execute(effects)
+
+    def _cors(self, handler: Any) -> Any:
+        async def with_cors(request: HttpRequest) -> HttpResponse:
+            if request.method == "OPTIONS":
+                return HttpResponse(200, b"", CORS)  # CORS preflight
+            response = await handler(request)
+            return HttpResponse(response.status, response.body, (*CORS, *response.headers))
+
+        return with_cors
+
+    def _country(self, ip: str | None) -> str:
+        return self.geoip.country(ip) if self.geoip is not None else UNKNOWN_COUNTRY
+
+    # -- /proxy -----------------------------------------------------------------------------
+    async def proxy_poll(self, request: HttpRequest) -> HttpResponse:
+        try:
+            poll = messages.decode_proxy_poll(request.body)
+        except BadRequest:
+            return HttpResponse(400)
+        labels = {"nat": poll.nat, "type": poll.type}
+        pattern = poll.accepted_relay_pattern
+        if pattern is None:
+            self.descriptor.counts["proxy-poll-without-relay-url"] += 1
+            self.prom.without_relay.inc(**labels)
+            pattern = self.settings.default_relay_pattern
+        else:
+            self.descriptor.counts["proxy-poll-with-relay-url"] += 1
+            self.prom.with_relay.inc(**labels)
+        if not relay_pattern_accepted(pattern, self.settings.allowed_relay_pattern):
+            self.descriptor.counts["proxy-poll-rejected-relay-url"] += 1
+            self.prom.rejected_relay.inc(**labels)
+            return HttpResponse(200, messages.encode_poll_reply(STATUS_BAD_RELAY), (TEXT,))
+        ip = client_ip(request)
+        if ip:
+            country = self._country(ip)
+            if self.descriptor.proxy_seen(ip, country, poll.type, poll.nat):
+                self.prom.proxy_total.labels(poll.type, poll.nat, country).inc()
+
+        waiter = _Waiting()
+        pool = UNRESTRICTED_POOL if poll.nat == NAT_UNRESTRICTED else RESTRICTED_POOL
+        gauge = self.prom.available_proxies.labels(poll.type, poll.nat)
+        gauge.inc()
+        try:
+            self._execute(self.pairing.wait(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat)))
+            self.driver.poke()
+            await waiter.event.wait()
+        finally:
+            gauge.dec()
+            if not waiter.event.is_set():  # the proxy hung up while waiting
+                self.pairing.gone(self.clock(), waiter)
+        offer: _Offer | None = waiter.result
+        if offer is None:
+            self.descriptor.counts["proxy-idle"] += 1
+            self.prom.proxy_poll.inc(status="idle", **labels)
+            return HttpResponse(200, messages.encode_poll_reply(STATUS_NO_MATCH), (TEXT,))
+        self.prom.proxy_poll.inc(status="matched", **labels)
+        return HttpResponse(200, messages.encode_poll_reply(STATUS_MATCH, offer.sdp, offer.nat, offer.relay_url), (TEXT,))
+
+    # -- /answer ----------------------------------------------------------------------------
+    async def proxy_answer(self, request: HttpRequest) -> HttpResponse:
+        if b"a=candidate" not in request.body:
+            return HttpResponse(400)
+        try:
+            answer = messages.decode_proxy_answer(request.body)
+        except BadRequest:
+            return HttpResponse(400)
+        effects = self.pairing.answer(self.clock(), answer.sid, answer.answer)
+        delivered = [e for e in effects if type(e) is Deliver]
+        if not delivered:
+            self.prom.proxy_answer.inc(type="", status="timeout")
+            return HttpResponse(200, messages.encode_answer_reply(False), (TEXT,))
+        self.prom.proxy_answer.inc(type=delivered[0].to.proxy_type, status="success")
+        self._execute(effects)
+        return HttpResponse(200, messages.encode_answer_reply(True), (TEXT,))
+
+    # -- /client ----------------------------------------------------------------------------
+    async def _rendezvous(self, body: bytes, method: str, ip: str | None) -> tuple[str | None, str | None, str | None]:
+        """A v1.0 client request → (answer, error, ip used for metrics)."""
+        try:
+            poll = messages.decode_client_poll(body)
+        except BadRequest as exc:
+            return None, str(exc), ip
+        if method == "ampcache":
+            ip = sdp_candidate_ip(poll.offer)
+        bridge = self.bridges.get(poll.fingerprint)
+        if bridge is None:
+            return None, UNKNOWN_BRIDGE, ip
+        country = self._country(ip)
+        asker = _Waiting()
+        info, effects = self.pairing.ask(self.clock(), asker, self.client_pools[poll.nat],
+                                         _Offer(poll.offer, poll.nat, bridge.websocket_address))
+        if info is None:
+            self._client_stats(method, country, poll.nat, "denied")
+            return None, STR_NO_PROXIES, ip
+        asker.proxy_type = info[0]
+        self._execute(effects)
+        self.driver.poke()
+        try:
+            await asker.event.wait()
+        finally:
+            if not asker.event.is_set():  # the client hung up: free the match
+                self.pairing.gone(self.clock(), asker)
+        if asker.result is None:
+            self._client_stats(method, country, poll.nat, "timeout")
+            return None, STR_TIMED_OUT, ip
+        self._client_stats(method, country, poll.nat, "matched")
+        return asker.result, None, ip
+
+    def _client_stats(self, method: str, country: str, nat: str, status: str) -> None:
+        self.descriptor.client(method, country, nat, status)
+        self.prom.client_poll.inc(nat=nat, status=status, cc=country, rendezvous_method=method)
+
+    async def client_offer(self, request: HttpRequest) -> HttpResponse:
+        body = request.body
+        legacy = body[:1] == b"{"
+        if legacy:
+            nat = request.headers.get("snowflake-nat-type", "")
+            body = messages.encode_client_request(body.decode("utf-8", "replace"), nat)
+        answer, error, _ = await self._rendezvous(body, "http", client_ip(request))
+        if not legacy:
+            return HttpResponse(200, messages.encode_client_reply(answer, error), (TEXT,))
+        if error is None:
+            return HttpResponse(200, answer.encode(), (TEXT,))
+        if error == STR_NO_PROXIES:
+            return HttpResponse(503)
+        if error == STR_TIMED_OUT:
+            return HttpResponse(504)
+        return HttpResponse(500)
+
+    async def amp_client(self, request: HttpRequest) -> HttpResponse:
+        try:
+            body = amp.decode_path(request.path[len("/amp/client/"):])
+        except amp.BadPath:
+            answer, error = None, "cannot decode URL path"
+        else:
+            answer, error, _ = await self._rendezvous(body, "ampcache", None)
+        page = amp.armor(messages.encode_client_reply(answer, error))
+        return HttpResponse(200, page.encode(), (("Content-Type", "text/html"), ("Cache-Control", "max-age=15")))
+
+    # -- the rest -----------------------------------------------------------------------------
+    async def debug(self, request: HttpRequest) -> HttpResponse:
+        known = self.pairing.known()
+        types: dict[str, int] = {}
+        unknowns = 0
+        nats = {NAT_RESTRICTED: 0, NAT_UNRESTRICTED: 0, NAT_UNKNOWN: 0}
+        for proxy_type, nat in known:
+            if proxy_type in messages.KNOWN_PROXY_TYPES:
+                types[proxy_type] = types.get(proxy_type, 0) + 1
+            else:
+                unknowns += 1
+            nats[nat] = nats.get(nat, 0) + 1
+        text = f"current snowflakes available: {len(known)}\n"
+        text += "".join(f"\t{t} proxies: {n}\n" for t, n in types.items())
+        text += f"\tunknown proxies: {unknowns}"
+        text += "\nNAT Types available:"
+        text += f"\n\trestricted: {nats[NAT_RESTRICTED]}\n\tunrestricted: {nats[NAT_UNRESTRICTED]}\n\tunknown: {nats[NAT_UNKNOWN]}"
+        return HttpResponse(200, text.encode(), (TEXT,))
+
+    async def robots(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, b"User-agent: *\nDisallow: /\n", (TEXT,))
+
+    async def metrics_descriptor(self, request: HttpRequest) -> HttpResponse:
+        path = self.settings.metrics_log
+        not_found = HttpResponse(404, b"404 page not found\n", (TEXT,))
+        if path is None:
+            return not_found
+        try:
+            return HttpResponse(200, path.read_bytes(), (TEXT,))
+        except OSError:
+            return not_found
+
+    def dump_metrics(self) -> str:
+        """Write one descriptor block (and reset the counters), as the Go broker does daily."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        text = self.descriptor.dump(now, int(self.settings.metrics_interval))
+        if self.settings.metrics_log is None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            try:
+                with open(self.settings.metrics_log, "a", encoding="utf-8") as f:
+                    f.write(text)
+            except OSError as exc:
+                self.log.error("cannot write metrics log", error=exc.strerror)
+        return text
+
+    async def _dump_metrics_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.metrics_interval)
+            self.dump_metrics()

@@ -1,0 +1,172 @@
+"""Offer/answer pairing: waiting parties in pools, askers drawing from them, answers by session id.
+
+This is the matcher behind the Snowflake broker. *Waiters* (proxies) sit in a pool for up to
+``hold_timeout``; each pool is a min-heap on an order key (Snowflake's ``Clients``: the least
+loaded first). An *asker* (client) draws from a list of pools in order; the drawn waiter is
+handed the asker's offer, and the asker waits up to ``answer_timeout`` for the answer that the
+waiter sends back under its session id. Every entry is removed on every path, so a late
+answer finds nobody.
+
+Plain state given the time. Effects: ``Deliver(waiter, offer)`` on a match,
+``Deliver(asker, answer)`` on an answer, ``Expired(party, "hold" | "answer")`` on timeouts,
+``Dropped(reason)`` for the caller to report.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Hashable, Iterable
+
+import attrs
+
+from rendezvous.core.effects import Deliver, Dropped, Effect, Expired
+
+
+WAITING, MATCHED, DONE = "waiting", "matched", "done"
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    sid: Hashable
+    party: Hashable
+    pool: Hashable
+    order: float
+    deadline: float
+    info: object  # the caller's description of the waiter (type, NAT, ...): returned on draw
+    state: str = WAITING
+    asker: Hashable = None
+
+
+class Pairing:
+    def __init__(self, *, hold_timeout: float = 10.0, answer_timeout: float = 10.0) -> None:
+        if hold_timeout <= 0 or answer_timeout <= 0:
+            raise ValueError("timeouts must be positive")
+        self.hold_timeout = hold_timeout
+        self.answer_timeout = answer_timeout
+        self._pools: dict[Hashable, list[tuple[float, int, _Waiter]]] = {}
+        self._by_sid: dict[Hashable, _Waiter] = {}  # waiting, or matched and not finished
+        self._by_party: dict[Hashable, _Waiter] = {}  # waiting waiters and waiting askers
+        self._seq = itertools.count()
+        # (time, seq, kind, waiter), lazily deleted: an entry is live while the waiter's state fits.
+        self._deadlines: list[tuple[float, int, str, _Waiter]] = []
+
+    # -- introspection ---------------------------------------------------------------------
+    def waiting(self, pool: Hashable) -> int:
+        return sum(1 for _, _, w in self._pools.get(pool, ()) if w.state == WAITING)
+
+    def known(self) -> list[object]:
+        """``info`` of every waiter known by session id: waiting, or matched and not finished."""
+        return [w.info for w in self._by_sid.values()]
+
+    # -- waiters ---------------------------------------------------------------------------
+    def wait(self, now: float, sid: Hashable, party: Hashable, pool: Hashable, order: float, info: object = None) -> list[Effect]:
+        """A waiter polls: it joins ``pool`` for ``hold_timeout``. A reused sid takes over the id."""
+        effects: list[Effect] = []
+        old = self._by_sid.get(sid)
+        if old is not None and old.state == WAITING:
+            old.state = DONE
+            if self._by_party.get(old.party) is old:
+                del self._by_party[old.party]
+            effects.append(Expired(old.party, "replaced"))
+        waiter = _Waiter(sid, party, pool, order, now + self.hold_timeout, info)
+        self._by_sid[sid] = waiter
+        self._by_party[party] = waiter
+        heapq.heappush(self._pools.setdefault(pool, []), (order, next(self._seq), waiter))
+        heapq.heappush(self._deadlines, (waiter.deadline, next(self._seq), "hold", waiter))
+        return effects
+
+    def answer(self, now: float, sid: Hashable, answer: object) -> list[Effect]:
+        """The waiter with ``sid`` answers; its asker gets it, or ``Dropped("asker_gone")``."""
+        waiter = self._by_sid.get(sid)
+        if waiter is None or waiter.state != MATCHED:
+            return [Dropped("asker_gone")]
+        self._finish(waiter)
+        return [Deliver(waiter.asker, answer)]
+
+    # -- askers ----------------------------------------------------------------------------
+    def ask(self, now: float, party: Hashable, pools: Iterable[Hashable], offer: object) -> tuple[object, list[Effect]]:
+        """Draw the best waiter from the first pool of ``pools`` that has one.
+
+        Returns the drawn waiter's ``info`` and ``Deliver(waiter, offer)``, or ``None`` and
+        ``Dropped("no_waiter")``. On a match the asker waits ``answer_timeout`` for the answer.
+        """
+        for pool in pools:
+            heap = self._pools.get(pool)
+            while heap:
+                _, _, waiter = heapq.heappop(heap)
+                if waiter.state != WAITING:
+                    continue
+                waiter.state = MATCHED
+                waiter.asker = party
+                if self._by_party.get(waiter.party) is waiter:
+                    del self._by_party[waiter.party]
+                self._by_party[party] = waiter
+                heapq.heappush(self._deadlines, (now + self.answer_timeout, next(self._seq), "answer", waiter))
+                return waiter.info, [Deliver(waiter.party, offer)]
+        return None, [Dropped("no_waiter")]
+
+    # -- leaving -----------------------------------------------------------------------------
+    def gone(self, now: float, party: Hashable) -> list[Effect]:
+        """A waiter or an asker went away (disconnected). A waiter leaves its pool; an asker
+        ends its match, so the late answer gets ``asker_gone``."""
+        waiter = self._by_party.get(party)
+        if waiter is None:
+            return []
+        if waiter.state == WAITING and waiter.party is party:
+            del self._by_party[party]
+            waiter.state = DONE
+            if self._by_sid.get(waiter.sid) is waiter:
+                del self._by_sid[waiter.sid]
+            return [Dropped("waiter_gone")]
+        if waiter.state == MATCHED and waiter.asker is party:
+            self._finish(waiter)
+            return [Dropped("asker_gone")]
+        return []
+
+    def _finish(self, waiter: _Waiter) -> None:
+        """A match ends (answered, timed out, or the asker left): forget it everywhere."""
+        waiter.state = DONE
+        if self._by_sid.get(waiter.sid) is waiter:
+            del self._by_sid[waiter.sid]
+        if self._by_party.get(waiter.asker) is waiter:
+            del self._by_party[waiter.asker]
+
+    def drain(self, now: float) -> list[Effect]:
+        """Shutting down: every waiting party expires now (waiters "hold", askers "answer")."""
+        effects: list[Effect] = []
+        for _, _, kind, waiter in sorted(self._deadlines, key=lambda d: d[:2]):
+            if self._live(kind, waiter):
+                effects += self._expire(kind, waiter)
+        self._deadlines.clear()
+        return effects
+
+    def _expire(self, kind: str, waiter: _Waiter) -> list[Effect]:
+        if kind == "hold":
+            waiter.state = DONE
+            if self._by_sid.get(waiter.sid) is waiter:
+                del self._by_sid[waiter.sid]
+            if self._by_party.get(waiter.party) is waiter:
+                del self._by_party[waiter.party]
+            return [Expired(waiter.party, "hold")]
+        self._finish(waiter)
+        return [Expired(waiter.asker, "answer")]
+
+    # -- time --------------------------------------------------------------------------------
+    def _live(self, kind: str, waiter: _Waiter) -> bool:
+        return waiter.state == (WAITING if kind == "hold" else MATCHED)
+
+    def advance(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, kind, waiter = heapq.heappop(deadlines)
+            if self._live(kind, waiter):
+                effects += self._expire(kind, waiter)
+        return effects
+
+    def next_deadline(self) -> float | None:
+        deadlines = self._deadlines
+        while deadlines and not self._live(deadlines[0][2], deadlines[0][3]):
+            heapq.heappop(deadlines)
+        return deadlines[0][0] if deadlines else None
