@@ -20,6 +20,8 @@ class ServeOptions:
     grace: float
     certfile: pathlib.Path | None = None
     keyfile: pathlib.Path | None = None
+    #: seconds an idle keep-alive connection is kept (long-poll peers reuse theirs between polls)
+    keep_alive: float = 75.0
 
 
 class HttpServer(Protocol):

@@ -28,6 +28,7 @@ class HypercornServer:
             config.keyfile = str(options.keyfile)
         config.websocket_max_message_size = options.max_message_size
         config.graceful_timeout = options.grace
+        config.keep_alive_timeout = options.keep_alive
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
         await serve(app, config, shutdown_trigger=shutdown.wait, mode="asgi")

@@ -44,7 +44,6 @@ _REASONS = {
     503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
 _MAX_HEADER_BYTES = 64 * 1024
-_KEEPALIVE_S = 75.0
 _PAUSE_AT = 64  # queued messages before a slow reader's socket stops being read
 
 
@@ -329,7 +328,7 @@ class Connection(asyncio.Protocol):
     def _arm_keepalive(self) -> None:
         if self.keepalive is not None:
             self.keepalive.cancel()
-        self.keepalive = asyncio.get_running_loop().call_later(_KEEPALIVE_S, self._idle_timeout)
+        self.keepalive = asyncio.get_running_loop().call_later(self.server.options.keep_alive, self._idle_timeout)
 
     def _idle_timeout(self) -> None:
         if self.websocket is None and self.task is None and self.transport is not None:

@@ -36,6 +36,7 @@ class UvicornServer:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(options.grace) or 1,
+            timeout_keep_alive=int(options.keep_alive),
             ssl_certfile=str(options.certfile) if options.certfile else None,
             ssl_keyfile=str(options.keyfile) if options.keyfile else None,
             server_header=False,
