@@ -46,6 +46,22 @@ class Dropped:
 
 
 @attrs.frozen
+class Revoke:
+    """Tell ``worker`` to stop ``task`` (its requester went away)."""
+
+    task: Party
+    worker: Party
+
+
+@attrs.frozen
+class Failed:
+    """``task`` failed for good; ``errors`` are the reasons, one per attempt."""
+
+    task: Party
+    errors: tuple[str, ...]
+
+
+@attrs.frozen
 class Expired:
     """``party`` waited past its deadline; ``reason`` says which wait (e.g. ``"hold"``, ``"answer"``)."""
 
@@ -60,4 +76,4 @@ class Answered:
     latency: float
 
 
-Effect = Union[Deliver, Keepalive, Close, Dropped, Answered, Expired]
+Effect = Union[Deliver, Keepalive, Close, Dropped, Answered, Expired, Revoke, Failed]

@@ -1,0 +1,266 @@
+"""Task dispatch: tasks onto workers' announced free slots, with retries and cancellation.
+
+This is the matcher behind the wasimoff broker. Workers (providers) announce a capacity
+(0 until they do) and hold files; tasks name the files they need. A policy picks a worker
+with a free slot; a task waits in a bounded FIFO queue while none is free. A transport
+failure (the worker errored or went away) retries the task on a fresh selection, up to
+``max_attempts``, after a growing delay; an application result, good or bad, is final. A
+task whose requester goes away is revoked on its worker. First result wins: a result for a
+task that is no longer leased to that worker is ignored.
+
+Plain state given the time. Effects: ``Deliver(worker, task)`` to run it,
+``Deliver(task, result)`` when done, ``Failed(task, errors)`` after the last attempt,
+``Revoke(task, worker)`` on cancellation.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import heapq
+import itertools
+import math
+from typing import Hashable, Iterable
+
+import attrs
+
+from rendezvous.core.effects import Deliver, Effect, Failed, Revoke
+
+
+class Policy(enum.Enum):
+    #: wasimoff's SimpleMatch: free workers that hold every required file, else any free worker.
+    SIMPLE_MATCH = "simplematch"
+    #: Workers in name order, taking turns (a busy worker's turn passes to the next free one).
+    ROUND_ROBIN = "roundrobin"
+    #: Any free worker, in connection order.
+    ANY_FREE = "anyfree"
+
+
+class QueueFull(Exception):
+    """The queue is at its bound; the task was not accepted."""
+
+
+def wasimoff_retry_delay(attempt: int) -> float:
+    """The original's backoff: about 3.16·e^(i/1.737) ms, 10 ms … 1 s."""
+    return min(1.0, 3.16 * math.exp(attempt / 1.737) / 1000)
+
+
+@attrs.define(eq=False)
+class _Worker:
+    party: Hashable
+    name: str
+    order: int
+    capacity: int = 0
+    files: set[str] = attrs.field(factory=set)
+    running: set[Hashable] = attrs.field(factory=set)
+
+    @property
+    def free(self) -> bool:
+        return len(self.running) < self.capacity
+
+
+@attrs.define(eq=False)
+class _Task:
+    party: Hashable
+    needs: frozenset[str]
+    state: str = "queued"  # queued | leased | retrying | done
+    worker: _Worker | None = None
+    errors: list[str] = attrs.field(factory=list)
+
+
+class Dispatch:
+    def __init__(
+        self,
+        *,
+        policy: Policy = Policy.SIMPLE_MATCH,
+        queue_limit: int = 2048,
+        max_attempts: int = 10,
+        retry_delay=wasimoff_retry_delay,
+    ) -> None:
+        self.policy = policy
+        self.queue_limit = queue_limit
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self._workers: dict[Hashable, _Worker] = {}
+        self._tasks: dict[Hashable, _Task] = {}
+        self._queue: collections.deque[_Task] = collections.deque()
+        self._queued = 0  # live entries in _queue (cancelled ones are skipped lazily)
+        self._retries: list[tuple[float, int, _Task]] = []
+        self._seq = itertools.count()
+        self._rr_next = 0
+
+    # -- introspection -------------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(w.running) for w in self._workers.values())
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
+
+    def free_slots(self) -> int:
+        return sum(max(0, w.capacity - len(w.running)) for w in self._workers.values())
+
+    def worker_of(self, task: Hashable) -> Hashable | None:
+        t = self._tasks.get(task)
+        return t.worker.party if t is not None and t.worker is not None else None
+
+    # -- workers -------------------------------------------------------------------------
+    def add_worker(self, now: float, worker: Hashable, name: str, files: Iterable[str] = ()) -> list[Effect]:
+        self._workers[worker] = _Worker(worker, name, next(self._seq), files=set(files))
+        return self._assign(now)
+
+    def set_capacity(self, now: float, worker: Hashable, capacity: int) -> list[Effect]:
+        w = self._workers.get(worker)
+        if w is None:
+            return []
+        w.capacity = max(0, capacity)
+        return self._assign(now)
+
+    def update_files(self, now: float, worker: Hashable, added: Iterable[str] = (), removed: Iterable[str] = ()) -> list[Effect]:
+        w = self._workers.get(worker)
+        if w is not None:
+            w.files.update(added)
+            w.files.difference_update(removed)
+        return []
+
+    def remove_worker(self, now: float, worker: Hashable, reason: str = "provider disconnected") -> list[Effect]:
+        """The worker is gone: everything it was running fails with a transport error (and retries)."""
+        w = self._workers.pop(worker, None)
+        if w is None:
+            return []
+        effects: list[Effect] = []
+        for task_party in list(w.running):
+            t = self._tasks.get(task_party)
+            if t is not None:  # (a revoked task's slot simply goes away with the worker)
+                effects += self._transport_error(now, t, reason)
+        return effects + self._assign(now)
+
+    # -- tasks ---------------------------------------------------------------------------
+    def submit(self, now: float, task: Hashable, needs: Iterable[str] = ()) -> list[Effect]:
+        """Queue ``task``; raises :class:`QueueFull` at the bound."""
+        if self._queued >= self.queue_limit:
+            raise QueueFull()
+        t = _Task(task, frozenset(needs))
+        self._tasks[task] = t
+        self._queue.append(t)
+        self._queued += 1
+        return self._assign(now)
+
+    def completed(self, now: float, task: Hashable, worker: Hashable, result: object) -> list[Effect]:
+        """``worker`` answered ``task`` with an application result (success or error): final."""
+        t = self._tasks.get(task)
+        if t is None or t.state != "leased" or t.worker is None or t.worker.party is not worker:
+            w = self._workers.get(worker)
+            if w is not None and task in w.running:  # a revoked task's late answer frees its slot
+                w.running.discard(task)
+                return self._assign(now)
+            return []
+        self._release(t)
+        t.state = "done"
+        del self._tasks[task]
+        return [Deliver(task, result), *self._assign(now)]
+
+    def transport_error(self, now: float, task: Hashable, worker: Hashable, error: str) -> list[Effect]:
+        """``worker`` could not run ``task`` (an Envelope error, a broken socket): retry elsewhere."""
+        t = self._tasks.get(task)
+        if t is None or t.state != "leased" or t.worker is None or t.worker.party is not worker:
+            w = self._workers.get(worker)
+            if w is not None and task in w.running:
+                w.running.discard(task)
+                return self._assign(now)
+            return []
+        return self._transport_error(now, t, error) + self._assign(now)
+
+    def cancel(self, now: float, task: Hashable) -> list[Effect]:
+        """The requester went away. A running task is revoked on its worker; its slot stays taken
+        until the worker answers (it is still busy until then)."""
+        t = self._tasks.pop(task, None)
+        if t is None:
+            return []
+        effects: list[Effect] = []
+        if t.state == "queued":
+            self._queued -= 1
+        elif t.state == "leased" and t.worker is not None:
+            effects.append(Revoke(task, t.worker.party))
+        t.state = "done"
+        return effects
+
+    # -- internals -----------------------------------------------------------------------
+    def _release(self, t: _Task) -> None:
+        if t.worker is not None:
+            t.worker.running.discard(t.party)
+
+    def _transport_error(self, now: float, t: _Task, error: str) -> list[Effect]:
+        self._release(t)
+        t.worker = None
+        t.errors.append(error)
+        if len(t.errors) >= self.max_attempts:
+            t.state = "done"
+            self._tasks.pop(t.party, None)
+            return [Failed(t.party, tuple(t.errors))]
+        t.state = "retrying"
+        heapq.heappush(self._retries, (now + self.retry_delay(len(t.errors)), next(self._seq), t))
+        return []
+
+    def _pick(self, t: _Task) -> _Worker | None:
+        free = [w for w in self._workers.values() if w.free]
+        if not free:
+            return None
+        if self.policy is Policy.SIMPLE_MATCH:
+            if t.needs:
+                holders = [w for w in free if t.needs <= w.files]
+                if holders:
+                    return min(holders, key=lambda w: (len(w.running) / w.capacity, w.order))
+            return min(free, key=lambda w: (len(w.running) / w.capacity, w.order))
+        if self.policy is Policy.ROUND_ROBIN:
+            ordered = sorted(self._workers.values(), key=lambda w: w.name)
+            for i in range(len(ordered)):
+                w = ordered[(self._rr_next + i) % len(ordered)]
+                if w.free:
+                    self._rr_next = (self._rr_next + i + 1) % len(ordered)
+                    return w
+            return None
+        return min(free, key=lambda w: w.order)
+
+    def _assign(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        queue = self._queue
+        while queue:
+            t = queue[0]
+            if t.state != "queued":
+                queue.popleft()  # cancelled while queued
+                continue
+            w = self._pick(t)
+            if w is None:
+                break
+            queue.popleft()
+            self._queued -= 1
+            t.state = "leased"
+            t.worker = w
+            w.running.add(t.party)
+            effects.append(Deliver(w.party, t.party))
+        return effects
+
+    # -- time ----------------------------------------------------------------------------
+    def advance(self, now: float) -> list[Effect]:
+        retries = self._retries
+        requeued = False
+        while retries and retries[0][0] <= now:
+            _, _, t = heapq.heappop(retries)
+            if t.state == "retrying":
+                t.state = "queued"
+                self._queue.appendleft(t)  # a retried task goes first: it has waited longest
+                self._queued += 1
+                requeued = True
+        return self._assign(now) if requeued else []
+
+    def next_deadline(self) -> float | None:
+        retries = self._retries
+        while retries and retries[0][2].state != "retrying":
+            heapq.heappop(retries)
+        return retries[0][0] if retries else None
