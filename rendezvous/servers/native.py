@@ -96,9 +96,9 @@ class NativeChannel:
         self._accepted = True
         self._conn.accept_websocket(subprotocol)
 
-    async def refuse(self, status: int = 403) -> None:
+    async def refuse(self, status: int = 403, body: bytes = b"") -> None:
         self._closed = True
-        self._conn.refuse_websocket(status)
+        self._conn.refuse_websocket(status, body)
 
     async def receive(self) -> str | bytes:
         while not self._queue:
@@ -192,7 +192,11 @@ def _split_url(url: bytes) -> tuple[str, str]:
 
 
 def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    return {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+    out: dict[str, str] = {}
+    for k, v in headers:
+        name, value = k.decode("latin-1"), v.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value  # RFC 9110 §5.3
+    return out
 
 
 class Connection(asyncio.Protocol):
@@ -394,7 +398,7 @@ class Connection(asyncio.Protocol):
             elif route.methods and method not in route.methods:
                 status, headers, body = 405, (("content-type", "text/plain; charset=utf-8"),), b"method not allowed\n"
             elif req.too_large:
-                status, headers, body = 400, (), b""
+                status, headers, body = route.too_large_status, (), b""
             else:
                 request = HttpRequest(method, path, query, _header_map(req.headers), req.body, self.client[0])
                 response: HttpResponse = await route.handler(request)
@@ -484,9 +488,9 @@ class Connection(asyncio.Protocol):
         if pending:
             self._ws_data(pending)
 
-    def refuse_websocket(self, status: int) -> None:
+    def refuse_websocket(self, status: int, body: bytes = b"") -> None:
         self.ws_pending_upgrade = None
-        self._respond_and_close(status, b"")
+        self._respond_and_close(status, body)
 
     def close_websocket(self, code: int, reason: str) -> None:
         self.write(_close_frame(code, reason))

@@ -27,7 +27,7 @@ class ConnectionInfo:
     transport: str
     path: str
     query: str
-    headers: Mapping[str, str]  # lower-case names; the last value wins
+    headers: Mapping[str, str]  # lower-case names; repeated headers joined with ", "
     client_host: str | None
     client_port: int | None
     subprotocols: Sequence[str] = ()
@@ -40,7 +40,7 @@ class Channel(Protocol):
 
     async def accept(self, subprotocol: str | None = None) -> None: ...
 
-    async def refuse(self, status: int = 403) -> None:
+    async def refuse(self, status: int = 403, body: bytes = b"") -> None:
         """Refuse the channel before accepting it (an HTTP status where the transport has one)."""
 
     async def receive(self) -> str | bytes:
@@ -101,6 +101,7 @@ class ExchangeRoute:
     handler: ExchangeHandler
     methods: frozenset[str] = frozenset()
     max_body_size: int = 100_000
+    too_large_status: int = 400  # Go's MaxBytesReader brokers answer 400; others prefer 413
 
 
 Route = ChannelRoute | ExchangeRoute

@@ -18,7 +18,11 @@ CLOSE_SEND_TIMEOUT = 1.0
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+    out: dict[str, str] = {}
+    for k, v in scope.get("headers", ()):
+        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value  # RFC 9110 §5.3
+    return out
 
 
 def connection_info(scope: dict[str, Any], transport: str) -> ConnectionInfo:
@@ -37,10 +41,11 @@ def connection_info(scope: dict[str, Any], transport: str) -> ConnectionInfo:
 class WebSocketChannel:
     """A :class:`rendezvous.transports.base.Channel` over one ASGI WebSocket connection."""
 
-    __slots__ = ("info", "_receive", "_send", "_max", "_accepted", "_closed", "_close_code", "_recv_scope")
+    __slots__ = ("info", "_receive", "_send", "_max", "_accepted", "_closed", "_close_code", "_recv_scope", "_can_respond")
 
     def __init__(self, scope: dict[str, Any], receive: Any, send: Any, max_message_size: int) -> None:
         self.info = connection_info(scope, "websocket")
+        self._can_respond = "websocket.http.response" in (scope.get("extensions") or {})
         self._receive = receive
         self._send = send
         self._max = max_message_size
@@ -65,8 +70,14 @@ class WebSocketChannel:
         await self._send(message)
         self._accepted = True
 
-    async def refuse(self, status: int = 403) -> None:
+    async def refuse(self, status: int = 403, body: bytes = b"") -> None:
         self._closed = True
+        if status != 403 and self._can_respond:
+            # The ASGI "WebSocket Denial Response" extension: a real HTTP status before the upgrade.
+            await self._send({"type": "websocket.http.response.start", "status": status,
+                              "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
+            await self._send({"type": "websocket.http.response.body", "body": body})
+            return
         # Closing before accepting makes the server answer the upgrade with an HTTP 403.
         await self._send({"type": "websocket.close", "code": 1000})
 

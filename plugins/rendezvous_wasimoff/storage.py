@@ -1,0 +1,132 @@
+"""Content-addressed storage: ``sha256:<hex>`` refs, friendly names, wasm/zip only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import tempfile
+
+from rendezvous.errors import ConfigError
+
+WASM, ZIP = "application/wasm", "application/zip"
+_REF = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+class Unsupported(ValueError):
+    """Neither WebAssembly nor zip."""
+
+
+def sniff(data: bytes) -> str | None:
+    if data.startswith(b"\x00asm"):
+        return WASM
+    if data.startswith(b"PK\x03\x04"):
+        return ZIP
+    return None
+
+
+def ref_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class MemoryStorage:
+    def __init__(self) -> None:
+        self._blobs: dict[str, tuple[bytes, str]] = {}
+        self._names: dict[str, str] = {}
+
+    def put(self, data: bytes, name: str | None = None, media: str | None = None) -> str:
+        media = media or sniff(data)
+        if media not in (WASM, ZIP):
+            raise Unsupported("unsupported filetype")
+        ref = ref_of(data)
+        self._store(ref, data, media)
+        if name:
+            self._names[name] = ref
+            self._save_names()
+        return ref
+
+    def resolve(self, name_or_ref: str) -> str | None:
+        if _REF.fullmatch(name_or_ref):
+            return name_or_ref if self._has(name_or_ref) else None
+        return self._names.get(name_or_ref)
+
+    def get(self, name_or_ref: str) -> tuple[bytes, str, str] | None:
+        ref = self.resolve(name_or_ref)
+        if ref is None:
+            return None
+        found = self._load(ref)
+        return None if found is None else (found[0], found[1], ref)
+
+    # storage backends override these
+    def _store(self, ref: str, data: bytes, media: str) -> None:
+        self._blobs[ref] = (data, media)
+
+    def _has(self, ref: str) -> bool:
+        return ref in self._blobs
+
+    def _load(self, ref: str) -> tuple[bytes, str] | None:
+        return self._blobs.get(ref)
+
+    def _save_names(self) -> None:
+        pass
+
+
+class DirectoryStorage(MemoryStorage):
+    """Blobs as files named by their hex digest, plus ``lookup.json`` (names and media types).
+    Uploads survive a restart."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        super().__init__()
+        self.path = path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            lookup = path / "lookup.json"
+            if lookup.exists():
+                data = json.loads(lookup.read_text())
+                self._names = dict(data.get("names", {}))
+                self._media = dict(data.get("media", {}))
+            else:
+                self._media = {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"WASIMOFF_FILESTORAGE {path}: {exc}") from None
+
+    def _file(self, ref: str) -> pathlib.Path:
+        return self.path / ref.split(":", 1)[1]
+
+    def _store(self, ref: str, data: bytes, media: str) -> None:
+        target = self._file(ref)
+        if not target.exists():
+            with tempfile.NamedTemporaryFile(dir=self.path, delete=False) as f:
+                f.write(data)
+            os.replace(f.name, target)
+        if self._media.get(ref) != media:
+            self._media[ref] = media
+            self._save_names()
+
+    def _has(self, ref: str) -> bool:
+        return self._file(ref).exists()
+
+    def _load(self, ref: str) -> tuple[bytes, str] | None:
+        try:
+            data = self._file(ref).read_bytes()
+        except OSError:
+            return None
+        return data, self._media.get(ref) or sniff(data) or "application/octet-stream"
+
+    def _save_names(self) -> None:
+        lookup = self.path / "lookup.json"
+        tmp = lookup.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"names": self._names, "media": self._media}))
+        os.replace(tmp, lookup)
+
+
+def open_storage(spec: str) -> MemoryStorage:
+    """``:memory:`` / ``memory://`` (default), ``dirfs://path`` or a plain path."""
+    if spec in (":memory:", "memory://", ""):
+        return MemoryStorage()
+    if spec.startswith("boltdb://"):
+        raise ConfigError("WASIMOFF_FILESTORAGE: boltdb:// is not supported yet (use dirfs://PATH or :memory:)")
+    path = spec[len("dirfs://"):] if spec.startswith("dirfs://") else spec
+    return DirectoryStorage(pathlib.Path(path))
