@@ -55,6 +55,16 @@ class HttpConnection(asyncio.Protocol):
         )
         return await self.waiter
 
+    async def request_with_headers(self, method: str, path: str, body: bytes, headers: str) -> tuple[int, bytes]:
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionError("connection closed")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (method.encode(), path.encode(), self.host, headers.encode(), len(body), body)
+        )
+        return await self.waiter
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()

@@ -16,10 +16,12 @@ from typing import Callable
 
 
 class WSClient(asyncio.Protocol):
-    def __init__(self, host: str, path: str, on_message: Callable[["WSClient", bytes], None] | None = None) -> None:
+    def __init__(self, host: str, path: str, on_message: Callable[["WSClient", bytes], None] | None = None,
+                 extra_headers: str = "") -> None:
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{extra_headers}\r\n"
         ).encode()
         self.on_message = on_message
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -82,13 +84,16 @@ class WSClient(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
-    def send(self, text: str | bytes) -> None:
+    def send(self, text: str | bytes, binary: bool = False) -> None:
         data = text.encode() if isinstance(text, str) else text
         n = len(data)
+        first = 0x82 if binary else 0x81
         if n < 126:
-            header = struct.pack("!BB", 0x81, 0x80 | n)
+            header = struct.pack("!BB", first, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", first, 0x80 | 126, n)
         else:
-            header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+            header = struct.pack("!BBQ", first, 0x80 | 127, n)
         self.transport.write(header + b"\x00\x00\x00\x00" + data)
 
     def close(self) -> None:
@@ -97,8 +102,8 @@ class WSClient(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(host: str, port: int, path: str, on_message=None) -> WSClient:
+async def connect(host: str, port: int, path: str, on_message=None, extra_headers: str = "") -> WSClient:
     loop = asyncio.get_running_loop()
-    _, client = await loop.create_connection(lambda: WSClient(f"{host}:{port}", path, on_message), host, port)
+    _, client = await loop.create_connection(lambda: WSClient(f"{host}:{port}", path, on_message, extra_headers), host, port)
     await client.opened
     return client
