@@ -21,42 +21,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pathlib
-import resource
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import ROOT, cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned  # noqa: E402
 from wsclient import connect  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 JS = ROOT / "tests" / "interop" / "js"
 SECRET = "bench"
-TICK = os.sysconf("SC_CLK_TCK")
 OFFER = json.dumps({"type": "offer", "sdp": "v=0\r\n" + "a=x-pad:" + "y" * 1200 + "\r\n"})
 CANDIDATE = {"candidate": {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host", "sdpMLineIndex": 0, "sdpMid": "0"}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_kb(pid: int) -> int:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def start_server(target: str, server: str, port: int, lifetime_s: int) -> subprocess.Popen:
@@ -70,16 +48,7 @@ def start_server(target: str, server: str, port: int, lifetime_s: int) -> subpro
                   "new S(process.argv[1],{port:+process.argv[2],timeout:+process.argv[3]})")
         cmd = ["node", "-e", script, SECRET, str(port), str(lifetime_s * 1000)]
         cwd = JS
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"{target} server did not start")
+    return start_pinned(cmd, port, cwd=cwd)
 
 
 class Overlay:
@@ -199,15 +168,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--idle", type=int, default=10000, help="idle /join sockets for the RSS measurement (0: skip)")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the server too
-    os.sched_setaffinity(0, {1})  # the generator on core 1, the server on core 0
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    prepare_generator()
     results = {}
     servers = ["hypercorn", "uvicorn", "native"] if args.server == "all" else [args.server]
     if args.target in ("original", "both"):

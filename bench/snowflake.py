@@ -18,19 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned  # noqa: E402
 from httpclient import Peer, connect  # noqa: E402
-from overlay import cpu_seconds, free_port, rss_kb  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SDP = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n" + "a=x-pad:" + "y" * 900 + "\r\na=candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host\r\n"
 OFFER = json.dumps({"type": "offer", "sdp": SDP})
 ANSWER = json.dumps({"type": "answer", "sdp": SDP})
@@ -41,18 +38,7 @@ def start_server(server: str, port: int, hold: float) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "snowflake", "--addr", f"127.0.0.1:{port}",
            "--disable-tls", "--disable-geoip", "--allowed-relay-pattern", "snowflake.torproject.net$",
            "--proxy-timeout", str(hold), "--client-timeout", "10", "--http-server", server, "--log-level", "error"]
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("server did not start")
+    return start_pinned(cmd, port)
 
 
 def poll_body(sid: str, nat: str = "restricted") -> bytes:
@@ -166,15 +152,7 @@ def main() -> None:
     parser.add_argument("--held", type=int, default=10000)
     parser.add_argument("--hold", type=float, default=10.0, help="the broker's proxy hold time (the Go broker: 10 s)")
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    os.sched_setaffinity(0, {1})
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    prepare_generator()
     servers = ["hypercorn", "uvicorn", "native"] if args.server == "all" else [args.server]
     for server in servers:
         for metric in ("idle", "held_rss", "rendezvous"):

@@ -16,17 +16,14 @@ import asyncio
 import json
 import os
 import pathlib
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-sys.path.insert(0, str(ROOT / "plugins"))
+from common import ROOT, cpu_seconds, free_port, prepare_generator, start_pinned  # noqa: E402
 from httpclient import Peer, connect as http_connect  # noqa: E402
-from overlay import cpu_seconds, free_port  # noqa: E402
 from wsclient import connect as ws_connect  # noqa: E402
 
 from rendezvous_wasimoff import schema  # noqa: E402
@@ -39,18 +36,7 @@ def start_broker(server: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "WASIMOFF_HTTP_LISTEN": f"127.0.0.1:{port}", "WASIMOFF_STATIC_FILES": ""}
     cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "wasimoff", "--http-server", server,
            "--log-level", "error", "--queue-limit", "100000"]
-    proc = subprocess.Popen(["taskset", "-c", "0", *cmd], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("broker did not start")
+    return start_pinned(cmd, port, env=env)
 
 
 class FakeProvider:
@@ -145,15 +131,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    os.sched_setaffinity(0, {1})
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    prepare_generator()
     for server in (["hypercorn", "uvicorn", "native"] if args.server == "all" else [args.server]):
         port = free_port()
         proc = start_broker(server, port)

@@ -480,3 +480,54 @@ def test_env_vars_configure_it():
     assert (c.server.host, c.server.port, c.server.metrics_path) == ("::", 5999, "/metrics")
     assert c.profiles["wasimoff"].allowed_origins == ("a.example", "*.b.example")
     assert c.profiles["wasimoff"].filestorage == "/tmp/x"
+
+
+async def test_static_files_serve_a_provider_app(tmp_path):
+    (tmp_path / "index.html").write_text("<title>wasimoff provider</title>")
+    async with broker(static_files=str(tmp_path)) as srv, client() as http:
+        r = await http.get(srv.url + "/")
+        assert r.status_code == 200 and "wasimoff provider" in r.text
+        assert (await http.get(srv.url + "/healthz")).text == "OK\n"  # routes still win over static files
+
+
+async def test_allowed_origins():
+    async with broker(allowed_origins="*.good.example") as srv:
+        for origin, allowed in (("https://app.good.example", True), ("https://evil.example", False), (None, True)):
+            headers = {"Origin": origin} if origin else None
+            if allowed:
+                async with RawProvider(srv, headers=headers) as p:
+                    assert isinstance((await p.recv())[1], schema.ClusterInfo)
+            else:
+                with pytest.raises(InvalidStatus) as info:
+                    async with RawProvider(srv, headers=headers):
+                        pass
+                assert info.value.response.status_code == 403
+
+
+async def test_a_provider_that_lies_about_capacity_loses_no_task():
+    """It announces 8 slots but fails every task; an honest provider ends up running them all."""
+    async with broker(max_attempts=10) as srv, client() as http:
+        await upload(http, srv)
+        async with RawProvider(srv, name="liar") as liar, anyio.create_task_group() as tg:
+            await liar.recv()
+            await liar.event(schema.ProviderResources(concurrency=8))
+
+            async def refuse_everything():
+                while True:
+                    envelope, _ = await liar.recv_request(schema.Wasip1Request, timeout=30)
+                    await liar.respond(envelope.sequence, error="no idle workers")
+
+            tg.start_soon(refuse_everything)
+            honest = await tg.start(Provider(srv.url, name="honest", workers=2).run)
+            results = []
+
+            async def one(i):
+                results.append((await run_rpc(http, srv, wasip1("tool.wasm", ["tool", "echo", str(i)])))[1])
+
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as clients:
+                    for i in range(6):
+                        clients.start_soon(one, i)
+            assert sorted(r.ok.stdout for r in results) == [f"{i}\n".encode() for i in range(6)]
+            assert {r.info.provider for r in results} == {"honest"} and honest.tasks_run == 6
+            tg.cancel_scope.cancel()

@@ -59,3 +59,39 @@ def test_shipped_config_is_valid():
 def test_unknown_profile():
     with pytest.raises(ConfigError, match="no profile named 'zzz'"):
         load_config(["zzz"], environ={})
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"disable_tls": True, "acme_hostnames": "broker.example"}, "ACME is not supported yet"),
+        ({"disable_tls": True, "broker_sqs_name": "q", "broker_sqs_region": "r"}, "SQS rendezvous is not supported yet"),
+        ({"disable_tls": True, "ip_count_log": "ips.log"}, "not supported yet"),
+        ({"addr": "nonsense"}, "expected [host]:port"),
+        ({}, "the --acme-hostnames, --cert and --key, or --disable-tls option is required"),
+    ],
+)
+def test_snowflake_unsupported_and_invalid_options(values, message):
+    overrides = {"snowflake": {k: (v, "command line") for k, v in values.items()}}
+    with pytest.raises(ConfigError) as info:
+        load_config(["snowflake"], environ={}, profile_overrides=overrides)
+    assert message in str(info.value)
+
+
+def test_snowflake_addr_sets_the_listener():
+    c = load_config(["snowflake"], environ={}, profile_overrides={"snowflake": {"addr": (":8443", "cli"), "disable_tls": (True, "cli")}})
+    assert (c.server.host, c.server.port, c.server.metrics_path) == ("::", 8443, "/prometheus")
+
+
+def test_wasimoff_unsupported_options():
+    with pytest.raises(ConfigError, match="Cloud Run offload is not supported yet"):
+        load_config(["wasimoff"], environ={"WASIMOFF_CLOUD_FUNCTION": "f"})
+    with pytest.raises(ConfigError, match="boltdb:// is not supported yet"):
+        import anyio
+        from rendezvous.testing import serve
+
+        async def start():
+            async with serve("wasimoff", {"filestorage": "boltdb://x.db", "static_files": None}):
+                pass
+
+        anyio.run(start)
