@@ -251,14 +251,11 @@ class WasimoffRuntime:
         if not self._origin_allowed(info.headers):
             await channel.refuse(403, b"origin not allowed\n")
             return
-        chosen = next((p for p in SUBPROTOCOLS if p in info.subprotocols), None)
-        if chosen is None:
-            await channel.accept()
-            await channel.close(CLOSE_PROTOCOL_ERROR, "unsupported subprotocol")
+        codec = await self._negotiate(channel)
+        if codec is None:
             return
-        await channel.accept(chosen)
         name = parse_qs(info.query).get("id", ["anonymous"])[0] or "anonymous"
-        session = ProviderSession(self, channel, Codec(chosen), name)
+        session = ProviderSession(self, channel, codec, name)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._receive_from_provider, session, tg.cancel_scope)
             try:
@@ -290,6 +287,17 @@ class WasimoffRuntime:
                         self.log.info("provider disconnected", provider=name, providers=len(self.providers))
                         await self._broadcast_cluster_info()
                     await channel.close(1000)
+
+    @staticmethod
+    async def _negotiate(channel: Channel) -> Codec | None:
+        """Accept with the first of our subprotocols the peer offers; none → close 1002, as the original."""
+        chosen = next((p for p in SUBPROTOCOLS if p in channel.info.subprotocols), None)
+        if chosen is None:
+            await channel.accept()
+            await channel.close(CLOSE_PROTOCOL_ERROR, "unsupported subprotocol")
+            return None
+        await channel.accept(chosen)
+        return Codec(chosen)
 
     def _origin_allowed(self, headers: Mapping[str, str]) -> bool:
         origin = headers.get("origin")
@@ -550,13 +558,9 @@ class WasimoffRuntime:
 
     # -- client socket ---------------------------------------------------------------------------
     async def client_socket(self, channel: Channel) -> None:
-        chosen = next((p for p in SUBPROTOCOLS if p in channel.info.subprotocols), None)
-        if chosen is None:
-            await channel.accept()
-            await channel.close(CLOSE_PROTOCOL_ERROR, "unsupported subprotocol")
+        codec = await self._negotiate(channel)
+        if codec is None:
             return
-        await channel.accept(chosen)
-        codec = Codec(chosen)
 
         async def reply(sequence: int, payload: Message | None, error: str = "") -> None:
             envelope = schema.Envelope(sequence=sequence, type=schema.RESPONSE)
