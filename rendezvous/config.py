@@ -35,6 +35,7 @@ class ServerSettings:
     cert: pathlib.Path | None = setting(None, help="TLS certificate (PEM); with --key, serve HTTPS")
     key: pathlib.Path | None = setting(None, help="TLS private key (PEM)")
     shutdown_grace: float = setting(5.0, help="seconds to let connections finish on shutdown", validator=positive)
+    webtransport_port: int | None = setting(None, help="UDP port for WebTransport (HTTP/3); unset: off, 0: ephemeral")
 
     def __attrs_post_init__(self) -> None:
         if self.log_format not in ("auto", "console", "json"):

@@ -34,6 +34,8 @@ class RunningServer:
     config: Config
     runtimes: Mapping[str, Any]  # profile name -> its runtime
     metrics: Any  # the prometheus CollectorRegistry
+    webtransport: Any = None  # the WebTransportTransport, when a webtransport_port is set
+    webtransport_url: str | None = None  # https://host:udp-port (append a channel route's path)
 
     @property
     def ws_url(self) -> str:
@@ -110,6 +112,12 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
     )
     shutdown = anyio.Event()
     server_done = anyio.Event()
+    webtransport, webtransport_url, rotation = None, None, None
+    if settings.webtransport_port is not None:
+        webtransport, rotation = _webtransport(app, settings)
+        wt_port = await webtransport.start(settings.host if settings.host not in ("0.0.0.0", "") else "::", settings.webtransport_port)
+        webtransport_url = f"https://{_connectable(settings.host)}:{wt_port}"
+        transports.append(webtransport)
 
     async def run_http() -> None:
         try:
@@ -122,8 +130,10 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
             for runtime in runtimes.values():
                 tg.start_soon(runtime.run)
             tg.start_soon(run_http)
+            if rotation is not None:
+                tg.start_soon(_rotate_certificates, rotation, webtransport)
             try:
-                yield RunningServer(url, settings.host, bound_port, config, runtimes, registry)
+                yield RunningServer(url, settings.host, bound_port, config, runtimes, registry, webtransport, webtransport_url)
             finally:
                 with anyio.CancelScope(shield=True):
                     for runtime in runtimes.values():
@@ -142,11 +152,39 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
             sock.close()
 
 
+def _webtransport(app: App, settings: Any) -> tuple[Any, Any]:
+    import datetime
+
+    from rendezvous.tls import CertificateRotation, certificate_from_files
+    from rendezvous.transports.webtransport import WebTransportTransport
+
+    if settings.cert is not None:
+        return WebTransportTransport(app, certificate_from_files(settings.cert, settings.key)), None
+    rotation = CertificateRotation(datetime.datetime.now(datetime.timezone.utc))
+    return WebTransportTransport(app, rotation.current), rotation
+
+
+async def _rotate_certificates(rotation: Any, webtransport: Any) -> None:
+    """Replace the ephemeral certificate before it expires; live sessions keep theirs."""
+    import datetime
+
+    while True:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        await anyio.sleep(max(1.0, (rotation.renew_at() - now).total_seconds()))
+        renewed = rotation.advance(datetime.datetime.now(datetime.timezone.utc))
+        if renewed is not None:
+            webtransport.use_certificate(renewed)
+            log.info("webtransport certificate renewed", sha256=renewed.sha256)
+
+
 async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with running(config) as server:
             log.info("serving", url=server.url, profiles=list(config.profiles), http_server=config.server.http_server)
+            if server.webtransport is not None:
+                log.info("webtransport", url=server.webtransport_url, sha256=server.webtransport.certificate.sha256,
+                         ephemeral=server.webtransport.certificate.ephemeral)
             for name, runtime in server.runtimes.items():
                 describe = getattr(runtime, "describe", None)
                 if describe is not None:

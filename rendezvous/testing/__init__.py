@@ -192,3 +192,127 @@ def self_signed_certificate(directory: Any, hostname: str = "localhost", days: i
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return cert_path, key_path
+
+
+class WebTransportClient:
+    """A WebTransport session from aioquic, speaking rendezvous's channel framing (for tests).
+
+    ``async with wt_connect(url) as wt: await wt.send("x"); await wt.recv()``; ``wt.close_code``
+    is the code of the server's CLOSE_WEBTRANSPORT_SESSION capsule once it closed.
+    """
+
+    def __init__(self, url: str, verify: bool = False) -> None:
+        self.url = url
+        self.verify = verify
+        self.close_code: int | None = None
+        self.certificate_sha256: str | None = None
+
+    async def __aenter__(self) -> "WebTransportClient":
+        import asyncio
+        import hashlib
+        import ssl
+        import struct
+        from urllib.parse import urlsplit
+
+        from aioquic.asyncio import QuicConnectionProtocol, connect
+        from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
+        from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamDataReceived
+        from aioquic.quic.configuration import QuicConfiguration
+        from aioquic.quic.events import ConnectionTerminated
+
+        from rendezvous.transports.webtransport import CLOSE_WEBTRANSPORT_SESSION, parse_capsules
+
+        client = self
+        parts = urlsplit(self.url)
+        self._messages: asyncio.Queue = asyncio.Queue()
+        self._ready: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._closed = asyncio.Event()
+        inbox = bytearray()
+        capsules = bytearray()
+
+        class Protocol(QuicConnectionProtocol):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.h3 = H3Connection(self._quic, enable_webtransport=True)
+
+            def quic_event_received(self, event: Any) -> None:
+                if isinstance(event, ConnectionTerminated):
+                    client._closed.set()
+                    if not client._ready.done():
+                        client._ready.set_exception(ConnectionError(event.reason_phrase))
+                for h3_event in self.h3.handle_event(event):
+                    if isinstance(h3_event, HeadersReceived) and h3_event.stream_id == client.session_id:
+                        status = dict(h3_event.headers).get(b":status")
+                        if not client._ready.done():
+                            if status == b"200":
+                                client._ready.set_result(None)
+                            else:
+                                client._ready.set_exception(ConnectionError(f"status {status!r}"))
+                    elif isinstance(h3_event, WebTransportStreamDataReceived):
+                        inbox.extend(h3_event.data)
+                        while len(inbox) >= 5:
+                            length, kind = struct.unpack_from("!IB", inbox)
+                            if len(inbox) < 5 + length:
+                                break
+                            payload = bytes(inbox[5:5 + length])
+                            del inbox[:5 + length]
+                            client._messages.put_nowait(payload.decode() if kind == 0 else payload)
+                    elif isinstance(h3_event, DataReceived) and h3_event.stream_id == client.session_id:
+                        capsules.extend(h3_event.data)
+                        for kind, payload in parse_capsules(capsules):
+                            if kind == CLOSE_WEBTRANSPORT_SESSION:
+                                client.close_code = struct.unpack("!I", payload[:4])[0]
+                        if h3_event.stream_ended:
+                            client._closed.set()
+
+        configuration = QuicConfiguration(alpn_protocols=H3_ALPN, is_client=True, max_datagram_frame_size=65536)
+        if not self.verify:
+            configuration.verify_mode = ssl.CERT_NONE
+        self._cm = connect(parts.hostname, parts.port, configuration=configuration, create_protocol=Protocol)
+        self._protocol = await self._cm.__aenter__()
+        protocol = self._protocol
+        self.session_id = protocol._quic.get_next_available_stream_id()
+        protocol.h3.send_headers(self.session_id, [
+            (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+            (b":authority", parts.netloc.encode()), (b":path", (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")),
+            (b"sec-webtransport-http3-draft02", b"1"), (b"origin", b"http://" + parts.netloc.encode()),
+        ])
+        protocol.transmit()
+        with anyio.fail_after(5):
+            await self._ready
+        tls = protocol._quic.tls
+        if getattr(tls, "_peer_certificate", None) is not None:
+            from cryptography.hazmat.primitives import serialization
+
+            self.certificate_sha256 = hashlib.sha256(tls._peer_certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+        self.stream_id = protocol.h3.create_webtransport_stream(self.session_id)
+        # aioquic 1.7.2 does not register a bidirectional WebTransport stream it opens itself
+        # (spec webtransport.md, pitfall 10): without this the replies parse as HTTP/3 frames.
+        with protocol.h3._get_or_create_stream(self.stream_id) as stream:
+            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+            stream.session_id = self.session_id
+        protocol.transmit()
+        return self
+
+    async def send(self, message: str | bytes) -> None:
+        import struct
+
+        kind, data = (0, message.encode()) if isinstance(message, str) else (1, message)
+        self._protocol._quic.send_stream_data(self.stream_id, struct.pack("!IB", len(data), kind) + data)
+        self._protocol.transmit()
+
+    async def recv(self, timeout: float = 5.0) -> str | bytes:
+        with anyio.fail_after(timeout):
+            return await self._messages.get()
+
+    async def wait_closed(self, timeout: float = 5.0) -> int | None:
+        with anyio.fail_after(timeout):
+            await self._closed.wait()
+        return self.close_code
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._cm.__aexit__(*exc)
+
+
+def wt_connect(url: str, verify: bool = False) -> WebTransportClient:
+    return WebTransportClient(url, verify)

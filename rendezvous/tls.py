@@ -1,0 +1,85 @@
+"""Certificates: PEM files, or ephemeral ones that WebTransport's serverCertificateHashes accepts.
+
+Chromium pins a certificate by hash only if it is ECDSA P-256 and valid for at most 14 days in
+total (spec webtransport.md, pitfalls 1–2). :class:`CertificateRotation` keeps one such
+certificate current and replaces it well before it expires; it is plain state given the time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import pathlib
+
+import attrs
+
+VALIDITY = datetime.timedelta(days=13)  # < 14 days in total, backdating included
+BACKDATE = datetime.timedelta(minutes=5)
+
+
+@attrs.frozen
+class Certificate:
+    certificate: object  # cryptography x509.Certificate
+    private_key: object
+    sha256: str  # hex SHA-256 of the DER certificate (serverCertificateHashes)
+    not_after: datetime.datetime
+    ephemeral: bool
+
+
+def ephemeral_certificate(now: datetime.datetime, validity: datetime.timedelta = VALIDITY,
+                          hostnames: tuple[str, ...] = ("localhost",)) -> Certificate:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if validity + BACKDATE > datetime.timedelta(days=14):
+        raise ValueError("WebTransport certificate hashes need a total validity of at most 14 days")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rendezvous webtransport")])
+    sans = [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "::1")]
+    not_before, not_after = now - BACKDATE, now + validity
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Certificate(cert, key, hashlib.sha256(der).hexdigest(), not_after, True)
+
+
+def certificate_from_files(certfile: pathlib.Path, keyfile: pathlib.Path) -> Certificate:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(certfile.read_bytes())
+    key = serialization.load_pem_private_key(keyfile.read_bytes(), password=None)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Certificate(cert, key, hashlib.sha256(der).hexdigest(), cert.not_valid_after_utc, False)
+
+
+class CertificateRotation:
+    """The current ephemeral certificate, replaced once ``renew_after`` of its life has passed."""
+
+    def __init__(self, now: datetime.datetime, validity: datetime.timedelta = VALIDITY, renew_after: float = 0.5,
+                 make=ephemeral_certificate) -> None:
+        self.validity = validity
+        self.renew_after = renew_after
+        self._make = make
+        self.current = make(now, validity)
+        self._issued = now
+
+    def renew_at(self) -> datetime.datetime:
+        return self._issued + self.validity * self.renew_after
+
+    def advance(self, now: datetime.datetime) -> Certificate | None:
+        """A new certificate if the current one is due for renewal, else None."""
+        if now < self.renew_at():
+            return None
+        self.current = self._make(now, self.validity)
+        self._issued = now
+        return self.current

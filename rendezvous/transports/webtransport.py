@@ -1,0 +1,313 @@
+"""WebTransport transport (HTTP/3 over QUIC, aioquic): channel routes over WebTransport sessions.
+
+A session opened with an extended CONNECT to a channel route's path (``/join``, ...) is one
+:class:`rendezvous.transports.base.Channel`. Messages travel on the first bidirectional
+stream the client opens in the session, framed as ``u32 length (big endian) | u8 kind
+(0 text, 1 binary) | payload``; the client opens that stream as soon as the session is ready.
+Closing sends a ``CLOSE_WEBTRANSPORT_SESSION`` capsule carrying the close code (1000, 1009,
+...) and ends the CONNECT stream. Capsules the peer sends (GREASE, close) are parsed; a close
+capsule ends the channel with the peer's code. Datagrams are not part of the channel.
+
+The UDP listener runs in the same event loop as the HTTP server and starts and stops with it.
+WebTransport here negotiates draft-02 (what Chromium 156 speaks; spec webtransport.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import struct
+from typing import Any
+
+import anyio
+from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ProtocolNegotiated, StreamReset
+
+from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, SendTimeout
+
+CLOSE_WEBTRANSPORT_SESSION = 0x2843
+TEXT, BINARY = 0, 1
+
+
+def frame_message(message: str | bytes) -> bytes:
+    kind, data = (TEXT, message.encode()) if isinstance(message, str) else (BINARY, message)
+    return struct.pack("!IB", len(data), kind) + data
+
+
+def close_capsule(code: int, reason: str = "") -> bytes:
+    payload = struct.pack("!I", code) + reason.encode()[:1024]
+    return encode_uint_var(CLOSE_WEBTRANSPORT_SESSION) + encode_uint_var(len(payload)) + payload
+
+
+def parse_capsules(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """Whole capsules at the front of ``buffer`` (removed from it)."""
+    out = []
+    while buffer:
+        buf = Buffer(data=bytes(buffer))
+        try:
+            kind = buf.pull_uint_var()
+            length = buf.pull_uint_var()
+            start = buf.tell()
+        except BufferReadError:
+            break
+        if len(buffer) < start + length:
+            break
+        out.append((kind, bytes(buffer[start:start + length])))
+        del buffer[: start + length]
+    return out
+
+
+class WebTransportChannel:
+    """One WebTransport session as a message channel."""
+
+    def __init__(self, protocol: "_H3Protocol", session_id: int, info: ConnectionInfo, max_message_size: int) -> None:
+        self.info = info
+        self._protocol = protocol
+        self._session_id = session_id
+        self._max = max_message_size
+        self._stream_id: int | None = None
+        self._inbox: bytearray = bytearray()
+        self._capsules: bytearray = bytearray()
+        self._queue: collections.deque[str | bytes] = collections.deque()
+        self._pending_out: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._close_code = 1005
+        self._accepted = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def accept(self, subprotocol: str | None = None) -> None:
+        if self._closed:
+            raise ChannelClosed(1006, "session gone before accept")
+        self._accepted = True
+        self._protocol.respond(self._session_id, 200)
+
+    async def refuse(self, status: int = 403, body: bytes = b"") -> None:
+        self._closed = True
+        self._protocol.respond(self._session_id, status, end=True)
+
+    async def receive(self) -> str | bytes:
+        while not self._queue:
+            if self._closed:
+                raise ChannelClosed(self._close_code)
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._queue.popleft()
+
+    async def send(self, message: str | bytes, timeout: float | None = None) -> None:
+        if self._closed:
+            raise ChannelClosed(self._close_code)
+        data = frame_message(message)
+        if self._stream_id is None:
+            self._pending_out.append(data)  # before the client opened its stream
+            return
+        self._protocol.send_stream(self._stream_id, data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._closed:
+            return
+        self._mark_closed(code)
+        if self._accepted:
+            self._protocol.end_session(self._session_id, close_capsule(code, reason))
+
+    # -- from the protocol ---------------------------------------------------------------
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _mark_closed(self, code: int) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close_code = code
+            self._wake()
+
+    def _stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        if self._stream_id is None:
+            self._stream_id = stream_id
+            for pending in self._pending_out:
+                self._protocol.send_stream(stream_id, pending)
+            self._pending_out.clear()
+        if stream_id != self._stream_id:
+            return  # only the first bidirectional stream carries messages
+        self._inbox += data
+        while len(self._inbox) >= 5:
+            length, kind = struct.unpack_from("!IB", self._inbox)
+            if length > self._max:
+                self._protocol.loop.create_task(self.close(1009, "message too big"))
+                return
+            if kind not in (TEXT, BINARY):
+                self._protocol.loop.create_task(self.close(1002, "bad frame kind"))
+                return
+            if len(self._inbox) < 5 + length:
+                break
+            payload = bytes(self._inbox[5:5 + length])
+            del self._inbox[:5 + length]
+            if kind == TEXT:
+                try:
+                    self._queue.append(payload.decode("utf-8"))
+                except UnicodeDecodeError:
+                    self._protocol.loop.create_task(self.close(1007, "invalid UTF-8"))
+                    return
+            else:
+                self._queue.append(payload)
+        self._wake()
+        if ended:
+            self._mark_closed(1005)
+
+    def _session_data(self, data: bytes, ended: bool) -> None:
+        self._capsules += data
+        for kind, payload in parse_capsules(self._capsules):
+            if kind == CLOSE_WEBTRANSPORT_SESSION and len(payload) >= 4:
+                self._mark_closed(struct.unpack("!I", payload[:4])[0])
+            # anything else (GREASE capsules, ...) is ignored
+        if ended:
+            self._mark_closed(self._close_code if self._closed else 1005)
+            self._protocol.end_session(self._session_id, b"")
+
+
+class _H3Protocol(QuicConnectionProtocol):
+    def __init__(self, *args: Any, transport: "WebTransportTransport", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owner = transport
+        self.h3: H3Connection | None = None
+        self.sessions: dict[int, WebTransportChannel] = {}
+        self.loop = asyncio.get_running_loop()
+
+    def quic_event_received(self, event: Any) -> None:
+        if isinstance(event, ProtocolNegotiated) and event.alpn_protocol in H3_ALPN:
+            self.h3 = H3Connection(self._quic, enable_webtransport=True)
+        if isinstance(event, StreamReset) and event.stream_id in self.sessions:
+            self.sessions.pop(event.stream_id)._mark_closed(1006)
+        if self.h3 is None:
+            return
+        for h3_event in self.h3.handle_event(event):
+            self._h3_event(h3_event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        for channel in self.sessions.values():
+            channel._mark_closed(1006)
+        self.sessions.clear()
+
+    def _h3_event(self, event: Any) -> None:
+        if isinstance(event, HeadersReceived):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+            if headers.get(":method") == "CONNECT" and headers.get(":protocol") == "webtransport":
+                self._open_session(event.stream_id, headers)
+            else:
+                self.respond(event.stream_id, 404, end=True)
+        elif isinstance(event, WebTransportStreamDataReceived):
+            channel = self.sessions.get(event.session_id)
+            if channel is not None:
+                channel._stream_data(event.stream_id, event.data, event.stream_ended)
+        elif isinstance(event, DataReceived):
+            channel = self.sessions.get(event.stream_id)
+            if channel is not None:
+                channel._session_data(event.data, event.stream_ended)
+
+    def _open_session(self, session_id: int, headers: dict[str, str]) -> None:
+        path, _, query = headers.get(":path", "/").partition("?")
+        route = self.owner.app.resolve("channel", path)
+        if not isinstance(route, ChannelRoute) or self.owner.closing:
+            self.respond(session_id, 404 if not self.owner.closing else 503, end=True)
+            return
+        peer = self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
+        info = ConnectionInfo("webtransport", path, query, {k: v for k, v in headers.items() if not k.startswith(":")},
+                              peer[0], peer[1], tuple(p.strip() for p in headers.get("wt-available-protocols", "").split(",") if p.strip()))
+        channel = WebTransportChannel(self, session_id, info, route.max_message_size)
+        self.sessions[session_id] = channel
+        self.owner.spawn(self._run(route, channel))
+
+    async def _run(self, route: ChannelRoute, channel: WebTransportChannel) -> None:
+        self.owner.open.add(channel)
+        try:
+            await route.handler(channel)
+        except ChannelClosed:
+            pass
+        finally:
+            self.owner.open.discard(channel)
+            await channel.close(1000)
+
+    # -- sending -------------------------------------------------------------------------------
+    def respond(self, stream_id: int, status: int, end: bool = False) -> None:
+        if self.h3 is None:
+            return
+        headers = [(b":status", str(status).encode())]
+        if status == 200:
+            headers.append((b"sec-webtransport-http3-draft", b"draft02"))
+        try:
+            self.h3.send_headers(stream_id, headers, end_stream=end)
+        except Exception:  # the stream is already gone
+            return
+        self.transmit()
+
+    def send_stream(self, stream_id: int, data: bytes) -> None:
+        try:
+            self._quic.send_stream_data(stream_id, data)
+        except Exception:
+            return
+        self.transmit()
+
+    def end_session(self, session_id: int, capsule: bytes) -> None:
+        self.sessions.pop(session_id, None)
+        if self.h3 is None:
+            return
+        try:
+            self.h3.send_data(session_id, capsule, end_stream=True)
+        except Exception:
+            return
+        self.transmit()
+
+
+class WebTransportTransport:
+    """The UDP listener. Not an ASGI transport: started by the server beside the HTTP server."""
+
+    name = "webtransport"
+
+    def __init__(self, app: Any, certificate: Any) -> None:
+        self.app = app
+        self.certificate = certificate
+        self.open: set[WebTransportChannel] = set()
+        self.closing = False
+        self._server: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _configuration(self) -> QuicConfiguration:
+        configuration = QuicConfiguration(alpn_protocols=H3_ALPN, is_client=False, max_datagram_frame_size=65536)
+        configuration.certificate = self.certificate.certificate
+        configuration.private_key = self.certificate.private_key
+        return configuration
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await serve(host, port, configuration=self._configuration(),
+                                   create_protocol=lambda *a, **k: _H3Protocol(*a, transport=self, **k))
+        return self._server._transport.get_extra_info("sockname")[1]
+
+    def use_certificate(self, certificate: Any) -> None:
+        """New sessions get ``certificate``; sessions already open keep theirs."""
+        self.certificate = certificate
+        if self._server is not None:
+            self._server._configuration = self._configuration()
+
+    async def shutdown(self, code: int = 1001) -> None:
+        self.closing = True
+        for channel in list(self.open):
+            await channel.close(code, "server shutting down")
+        await anyio.sleep(0.05)  # let the close capsules leave
+        if self._server is not None:
+            self._server.close()
