@@ -17,11 +17,12 @@ import anyio
 import attrs
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge, Histogram
 
 from rendezvous.core import Deliver, Dispatch, Failed, Policy, QueueFull, Revoke
 from rendezvous.core.driver import Driver
 from rendezvous.errors import ConfigError
+from rendezvous.observe.metrics import ExactCounter
 from rendezvous.profile import ProfileContext
 from rendezvous.settings import positive, setting
 from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute, ExchangeRoute, HttpRequest, HttpResponse
@@ -118,10 +119,11 @@ class TaskHandle:
 
 class _Metrics:
     def __init__(self, registry: Any) -> None:
-        self.completed = Counter("wasimoff_tasks_completed", "tasks completed", registry=registry)
-        self.scheduled = Counter("wasimoff_tasks_scheduled", "tasks sent to a provider", registry=registry)
+        # The original's counters carry no _total suffix.
+        self.completed = ExactCounter("wasimoff_tasks_completed", "tasks completed", registry)
+        self.scheduled = ExactCounter("wasimoff_tasks_scheduled", "tasks sent to a provider", registry)
         self.execution = Histogram("wasimoff_tasks_execution", "seconds from submission to result", registry=registry)
-        self.retries = Counter("wasimoff_task_retries_count", "task attempts that failed with a transport error", registry=registry)
+        self.retries = ExactCounter("wasimoff_task_retries_count", "task attempts that failed with a transport error", registry)
         self.queued = Gauge("wasimoff_tasks_queued", "tasks waiting for a provider", registry=registry)
         self.dispatching = Gauge("wasimoff_tasks_dispatching", "tasks running on providers", registry=registry)
         self.workers = Gauge("wasimoff_available_workers", "free task slots", ["provider"], registry=registry)

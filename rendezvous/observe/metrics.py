@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
+import threading
+
 from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from rendezvous.transports.base import HttpRequest, HttpResponse
 
 
 # The originals export no *_created series; neither do we.
 disable_created_metrics()
+
+
+class ExactCounter(Collector):
+    """A monotonic count exposed under exactly ``name``, for originals whose counters carry no
+    ``_total`` (Go's client adds none), so their dashboards and queries keep working.
+
+    prometheus_client's text format always appends ``_total`` to *counter* families, so this
+    one is exposed untyped; the samples and their names are what the original serves.
+    """
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry | None = None) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.value = 0.0
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def inc(self, amount: float = 1.0) -> None:
+        with self._lock:
+            self.value += amount
+
+    def collect(self):  # type: ignore[override]
+        metric = Metric(self.name, self.documentation, "unknown")
+        metric.add_sample(self.name, {}, self.value)
+        yield metric
+
+    def describe(self):  # type: ignore[override]
+        return list(self.collect())
 
 
 def new_registry() -> CollectorRegistry:

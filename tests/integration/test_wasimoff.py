@@ -466,8 +466,16 @@ async def test_upload_rpc():
 
 async def test_metrics_opt_in():
     async with broker(metrics=True) as srv, client() as http:
-        text = (await http.get(srv.url + "/metrics")).text
-        assert "wasimoff_connected_providers 0.0" in text and "wasimoff_tasks_queued 0.0" in text
+        await upload(http, srv)
+        async with anyio.create_task_group() as tg:
+            await tg.start(Provider(srv.url, workers=1).run)
+            await run_rpc(http, srv, wasip1("tool.wasm", ["tool", "echo"]))
+            text = (await http.get(srv.url + "/metrics")).text
+            tg.cancel_scope.cancel()
+        assert "wasimoff_connected_providers 1.0" in text and "wasimoff_tasks_queued 0.0" in text
+        assert "\nwasimoff_tasks_completed 1.0\n" in text and "_total" not in text  # the original's names
+        assert "wasimoff_tasks_scheduled 1.0" in text and "wasimoff_task_retries_count 0.0" in text
+        assert "wasimoff_tasks_execution_count 1.0" in text
     async with broker() as srv, client() as http:
         assert (await http.get(srv.url + "/metrics")).status_code == 404
 
