@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import ROOT, cpu_seconds, free_port, prepare_generator, start_pinned  # noqa: E402
+from common import cpu_seconds, free_port, prepare_generator, start_pinned  # noqa: E402
 from httpclient import Peer, connect as http_connect  # noqa: E402
 from wsclient import connect as ws_connect  # noqa: E402
 

@@ -27,7 +27,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamD
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ProtocolNegotiated, StreamReset
 
-from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, SendTimeout
+from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo
 
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
 TEXT, BINARY = 0, 1

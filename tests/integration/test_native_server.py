@@ -11,7 +11,7 @@ import anyio
 import httpx
 import pytest
 
-from rendezvous.testing import closed_code, recv_json, serve, ws_connect
+from rendezvous.testing import recv_json, serve, ws_connect
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,7 @@ import time
 import anyio
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus, InvalidHandshake
+from websockets.exceptions import InvalidHandshake
 
 from rendezvous.testing import assert_silent, closed_code, recv_frame, recv_json, serve, ws_connect
 
@@ -45,7 +45,7 @@ async def test_static_public_dir(http_server, tmp_path):
 
 
 # 3, 4, 5, 6
-@pytest.mark.parametrize("path", ["/nope", f"/wrong/webrtc-bootstrap-root", "/join/", "/webrtc-bootstrap-root", "//webrtc-bootstrap-root"])
+@pytest.mark.parametrize("path", ["/nope", "/wrong/webrtc-bootstrap-root", "/join/", "/webrtc-bootstrap-root", "//webrtc-bootstrap-root"])
 async def test_bad_upgrade_paths_are_refused(http_server, path):
     async with overlay(http_server) as srv:
         with pytest.raises(InvalidHandshake):

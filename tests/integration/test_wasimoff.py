@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import zipfile
 import io
 
@@ -16,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 
 from rendezvous.testing import closed_code, serve
 from rendezvous_wasimoff import schema
-from rendezvous_wasimoff.codec import SUBPROTOCOL_JSON, SUBPROTOCOL_PROTOBUF, Codec, pack, unpack
+from rendezvous_wasimoff.codec import SUBPROTOCOL_PROTOBUF, Codec, pack, unpack
 from rendezvous_wasimoff.programs import tool_wasm
 from rendezvous_wasimoff.provider import Provider
 

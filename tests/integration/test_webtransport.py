@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 
-import anyio
 import pytest
 
 from rendezvous.testing import recv_json, serve, wt_connect, ws_connect

@@ -111,7 +111,6 @@ async def test_provider_killed_mid_task_and_client_cancel(data):
             assert result["r"].ok.status == 0 and result["r"].info.provider == "rescuer"
 
             # a client that gives up: the provider's slot is freed, the next task runs at once
-            rescuer_slot = None
             async with anyio.create_task_group() as clients:
                 clients.start_soon(run_wasip1, http, srv.url, "gaussian_sleeper.wasm", ["gaussian_sleeper.wasm", "60000", "1"])
                 await anyio.sleep(1.0)

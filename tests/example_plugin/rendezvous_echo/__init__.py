@@ -2,7 +2,7 @@
 
 import attrs
 
-from rendezvous import ChannelClosed, ChannelRoute, setting
+from rendezvous import ChannelRoute, setting
 
 
 @attrs.frozen
