@@ -33,7 +33,9 @@ from rendezvous.transports.base import (
     ExchangeRoute,
     HttpRequest,
     HttpResponse,
+    Inbox,
     SendTimeout,
+    header_map,
 )
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -73,50 +75,37 @@ def _close_frame(code: int, reason: str = "") -> bytes:
 class NativeChannel:
     """A :class:`rendezvous.transports.base.Channel` over one native WebSocket connection."""
 
-    __slots__ = ("info", "_conn", "_queue", "_waiter", "_closed", "_close_code", "_close_reason", "_accepted", "_max")
+    __slots__ = ("info", "_conn", "_inbox", "_accepted", "_max")
 
     def __init__(self, conn: "Connection", info: ConnectionInfo, max_message_size: int) -> None:
         self.info = info
         self._conn = conn
-        self._queue: collections.deque[str | bytes] = collections.deque()
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-        self._close_code = 1005
-        self._close_reason = ""
+        self._inbox = Inbox()
         self._accepted = False
         self._max = max_message_size
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._inbox.closed
 
     async def accept(self, subprotocol: str | None = None) -> None:
-        if self._closed:
+        if self._inbox.closed:
             raise ChannelClosed(1006, "disconnected before accept")
         self._accepted = True
         self._conn.accept_websocket(subprotocol)
 
     async def refuse(self, status: int = 403, body: bytes = b"") -> None:
-        self._closed = True
+        self._inbox.close(1005)
         self._conn.refuse_websocket(status, body)
 
     async def receive(self) -> str | bytes:
-        while not self._queue:
-            if self._closed:
-                raise ChannelClosed(self._close_code, self._close_reason)
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        message = self._queue.popleft()
-        if len(self._queue) < _PAUSE_AT // 2:
+        message = await self._inbox.get()
+        if len(self._inbox.messages) < _PAUSE_AT // 2:
             self._conn.resume_if_paused()
         return message
 
     async def send(self, message: str | bytes, timeout: float | None = None) -> None:
-        if self._closed:
-            raise ChannelClosed(self._close_code, self._close_reason)
+        self._inbox.raise_if_closed()
         if isinstance(message, str):
             self._conn.write(_frame(0x1, message.encode()))
         else:
@@ -131,28 +120,20 @@ class NativeChannel:
                 raise SendTimeout()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self._closed:
+        if self._inbox.closed:
             return
-        self._mark_closed(code, reason)
+        self._inbox.close(code, reason)
         if self._accepted:
             self._conn.close_websocket(code, reason)
 
     # -- called by the connection ---------------------------------------------------------
     def _deliver(self, message: str | bytes) -> None:
-        self._queue.append(message)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        if len(self._queue) >= _PAUSE_AT:
+        self._inbox.put(message)
+        if len(self._inbox.messages) >= _PAUSE_AT:
             self._conn.pause()
 
     def _mark_closed(self, code: int, reason: str = "") -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._close_code = code
-        self._close_reason = reason
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._inbox.close(code, reason)
 
 
 class _Server:
@@ -189,14 +170,6 @@ class _Request:
 def _split_url(url: bytes) -> tuple[str, str]:
     path, _, query = url.decode("latin-1").partition("?")
     return unquote(path), query
-
-
-def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in headers:
-        name, value = k.decode("latin-1"), v.decode("latin-1")
-        out[name] = f"{out[name]}, {value}" if name in out else value  # RFC 9110 §5.3
-    return out
 
 
 class Connection(asyncio.Protocol):
@@ -400,7 +373,7 @@ class Connection(asyncio.Protocol):
             elif req.too_large:
                 status, headers, body = route.too_large_status, (), b""
             else:
-                request = HttpRequest(method, path, query, _header_map(req.headers), req.body, self.client[0])
+                request = HttpRequest(method, path, query, header_map(req.headers), req.body, self.client[0])
                 response: HttpResponse = await route.handler(request)
                 status, headers, body = response.status, response.headers, response.body
             if method == "HEAD":
@@ -448,7 +421,7 @@ class Connection(asyncio.Protocol):
     # -- WebSocket --------------------------------------------------------------------------
     def _upgrade_requested(self) -> None:
         path, query = _split_url(self.url)
-        headers = _header_map(self.headers)
+        headers = header_map(self.headers)
         route = self.server.app.resolve("channel", path)
         method = self.parser.get_method()
         if (
@@ -523,7 +496,7 @@ class Connection(asyncio.Protocol):
         limit = channel._max
         pos = 0
         end = len(buf)
-        while end - pos >= 2 and not channel._closed:
+        while end - pos >= 2 and not channel.closed:
             b0 = buf[pos]
             b1 = buf[pos + 1]
             opcode = b0 & 0x0F

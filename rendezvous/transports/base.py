@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+import asyncio
+import collections
+from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 import attrs
 
@@ -18,6 +20,63 @@ class ChannelClosed(Exception):
 
 class SendTimeout(Exception):
     """A send waited longer than its ``timeout`` for a peer that is not reading."""
+
+
+def header_map(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Raw header pairs → lower-case names; repeated headers joined with ", " (RFC 9110 §5.3)."""
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+class Inbox:
+    """Messages waiting for one channel's ``receive()``, and whether (and how) it closed.
+
+    For transports that parse frames themselves (native WebSocket, WebTransport): the
+    protocol side ``put``s messages and ``close``s; the channel side awaits ``get``.
+    """
+
+    __slots__ = ("messages", "closed", "code", "reason", "_waiter")
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[str | bytes] = collections.deque()
+        self.closed = False
+        self.code = 1005
+        self.reason = ""
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, message: str | bytes) -> None:
+        self.messages.append(message)
+        self._wake()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Mark closed (the first code wins) and wake a waiting ``get``."""
+        if not self.closed:
+            self.closed = True
+            self.code = code
+            self.reason = reason
+            self._wake()
+
+    def raise_if_closed(self) -> None:
+        if self.closed:
+            raise ChannelClosed(self.code, self.reason)
+
+    async def get(self) -> str | bytes:
+        """The next message; once closed and empty, raises :class:`ChannelClosed`."""
+        while not self.messages:
+            self.raise_if_closed()
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self.messages.popleft()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 @attrs.frozen

@@ -10,8 +10,7 @@ from typing import Any
 
 import anyio
 
-from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse, Route
-from rendezvous.transports.websocket import _headers
+from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse, Route, header_map
 
 
 async def send_response(send: Any, response: HttpResponse) -> None:
@@ -80,7 +79,7 @@ class HttpTransport:
                 method=scope["method"],
                 path=scope["path"],
                 query=scope.get("query_string", b"").decode("latin-1"),
-                headers=_headers(scope),
+                headers=header_map(scope.get("headers", ())),
                 body=body,
                 client_host=client[0],
             )

@@ -10,19 +10,11 @@ from typing import Any
 
 import anyio
 
-from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Route, SendTimeout
+from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Route, SendTimeout, header_map
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_SEND_TIMEOUT = 1.0
-
-
-def _headers(scope: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in scope.get("headers", ()):
-        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
-        out[name] = f"{out[name]}, {value}" if name in out else value  # RFC 9110 §5.3
-    return out
 
 
 def connection_info(scope: dict[str, Any], transport: str) -> ConnectionInfo:
@@ -31,7 +23,7 @@ def connection_info(scope: dict[str, Any], transport: str) -> ConnectionInfo:
         transport=transport,
         path=scope["path"],
         query=scope.get("query_string", b"").decode("latin-1"),
-        headers=_headers(scope),
+        headers=header_map(scope.get("headers", ())),
         client_host=client[0],
         client_port=client[1],
         subprotocols=tuple(scope.get("subprotocols", ())),

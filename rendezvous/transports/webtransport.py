@@ -15,7 +15,6 @@ WebTransport here negotiates draft-02 (what Chromium 156 speaks; spec webtranspo
 from __future__ import annotations
 
 import asyncio
-import collections
 import struct
 from typing import Any
 
@@ -27,7 +26,7 @@ from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamD
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ProtocolNegotiated, StreamReset
 
-from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo
+from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Inbox, header_map
 
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
 TEXT, BINARY = 0, 1
@@ -70,43 +69,31 @@ class WebTransportChannel:
         self._session_id = session_id
         self._max = max_message_size
         self._stream_id: int | None = None
-        self._inbox: bytearray = bytearray()
+        self._buffer: bytearray = bytearray()  # stream bytes not yet a whole message
         self._capsules: bytearray = bytearray()
-        self._queue: collections.deque[str | bytes] = collections.deque()
+        self._inbox = Inbox()
         self._pending_out: list[bytes] = []
-        self._waiter: asyncio.Future[None] | None = None
-        self._closed = False
-        self._close_code = 1005
         self._accepted = False
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._inbox.closed
 
     async def accept(self, subprotocol: str | None = None) -> None:
-        if self._closed:
+        if self._inbox.closed:
             raise ChannelClosed(1006, "session gone before accept")
         self._accepted = True
         self._protocol.respond(self._session_id, 200)
 
     async def refuse(self, status: int = 403, body: bytes = b"") -> None:
-        self._closed = True
+        self._inbox.close(1005)
         self._protocol.respond(self._session_id, status, end=True)
 
     async def receive(self) -> str | bytes:
-        while not self._queue:
-            if self._closed:
-                raise ChannelClosed(self._close_code)
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._queue.popleft()
+        return await self._inbox.get()
 
     async def send(self, message: str | bytes, timeout: float | None = None) -> None:
-        if self._closed:
-            raise ChannelClosed(self._close_code)
+        self._inbox.raise_if_closed()
         data = frame_message(message)
         if self._stream_id is None:
             self._pending_out.append(data)  # before the client opened its stream
@@ -114,22 +101,15 @@ class WebTransportChannel:
         self._protocol.send_stream(self._stream_id, data)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self._closed:
+        if self._inbox.closed:
             return
         self._mark_closed(code)
         if self._accepted:
             self._protocol.end_session(self._session_id, close_capsule(code, reason))
 
     # -- from the protocol ---------------------------------------------------------------
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
     def _mark_closed(self, code: int) -> None:
-        if not self._closed:
-            self._closed = True
-            self._close_code = code
-            self._wake()
+        self._inbox.close(code)
 
     def _stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
         if self._stream_id is None:
@@ -139,28 +119,27 @@ class WebTransportChannel:
             self._pending_out.clear()
         if stream_id != self._stream_id:
             return  # only the first bidirectional stream carries messages
-        self._inbox += data
-        while len(self._inbox) >= 5:
-            length, kind = struct.unpack_from("!IB", self._inbox)
+        self._buffer += data
+        while len(self._buffer) >= 5:
+            length, kind = struct.unpack_from("!IB", self._buffer)
             if length > self._max:
                 self._protocol.loop.create_task(self.close(1009, "message too big"))
                 return
             if kind not in (TEXT, BINARY):
                 self._protocol.loop.create_task(self.close(1002, "bad frame kind"))
                 return
-            if len(self._inbox) < 5 + length:
+            if len(self._buffer) < 5 + length:
                 break
-            payload = bytes(self._inbox[5:5 + length])
-            del self._inbox[:5 + length]
+            payload = bytes(self._buffer[5:5 + length])
+            del self._buffer[:5 + length]
             if kind == TEXT:
                 try:
-                    self._queue.append(payload.decode("utf-8"))
+                    self._inbox.put(payload.decode("utf-8"))
                 except UnicodeDecodeError:
                     self._protocol.loop.create_task(self.close(1007, "invalid UTF-8"))
                     return
             else:
-                self._queue.append(payload)
-        self._wake()
+                self._inbox.put(payload)
         if ended:
             self._mark_closed(1005)
 
@@ -171,7 +150,7 @@ class WebTransportChannel:
                 self._mark_closed(struct.unpack("!I", payload[:4])[0])
             # anything else (GREASE capsules, ...) is ignored
         if ended:
-            self._mark_closed(self._close_code if self._closed else 1005)
+            self._mark_closed(1005)  # (a close capsule before it already set the code)
             self._protocol.end_session(self._session_id, b"")
 
 
@@ -201,7 +180,7 @@ class _H3Protocol(QuicConnectionProtocol):
 
     def _h3_event(self, event: Any) -> None:
         if isinstance(event, HeadersReceived):
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+            headers = header_map(event.headers)
             if headers.get(":method") == "CONNECT" and headers.get(":protocol") == "webtransport":
                 self._open_session(event.stream_id, headers)
             else:
