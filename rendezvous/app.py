@@ -9,6 +9,8 @@ Quart's request machinery (DESIGN.md §6).
 from __future__ import annotations
 
 import pathlib
+
+import attrs
 from typing import Any, Iterable, Sequence
 
 from rendezvous.transports.base import ChannelRoute, HttpResponse, Route
@@ -41,11 +43,34 @@ def make_static_app(static_dirs: Sequence[pathlib.Path]) -> Any:
     return app
 
 
+def mounted(prefix: str, route: Route) -> Route:
+    """``route`` served under ``prefix``; its handler still sees the path it was written for.
+
+    (Like ASGI's ``root_path``: a profile mounted at ``/ov`` gets ``/join``, not ``/ov/join``.)
+    """
+    prefix = prefix.rstrip("/")
+    if not prefix:
+        return route
+    inner = route.handler
+    cut = len(prefix)
+    if isinstance(route, ChannelRoute):
+        async def channel_handler(channel: Any) -> None:
+            channel.info = attrs.evolve(channel.info, path=channel.info.path[cut:])
+            await inner(channel)
+
+        return attrs.evolve(route, path=prefix + route.path, handler=channel_handler)
+
+    async def exchange_handler(request: Any) -> Any:
+        return await inner(attrs.evolve(request, path=request.path[cut:]))
+
+    return attrs.evolve(route, path=prefix + route.path, handler=exchange_handler)
+
+
 class App:
     """Built once per server from the mounted routes; an ASGI callable too."""
 
     def __init__(self, routes: Iterable[tuple[str, Route]], transports: Sequence[Any], static_dirs: Sequence[pathlib.Path] = ()) -> None:
-        routes = [(prefix.rstrip("/") + route.path, route) for prefix, route in routes]
+        routes = [(m.path, m) for m in (mounted(prefix, route) for prefix, route in routes)]
         self.transports = list(transports)
         self._exact: dict[tuple[str, str], Route] = {}
         # Paths with one "*" (e.g. "/*/webrtc-bootstrap-root") are tried in order after the

@@ -27,17 +27,25 @@ def _flag_names(field: Any, meta: Any) -> list[str]:
     return ["--" + field.name.replace("_", "-"), *meta.flags]
 
 
-def _add_settings(group: argparse._ArgumentGroup, cls: type, dest_prefix: str, aliases: dict[str, list[str]] | None = None) -> None:
+def _add_settings(group: argparse._ArgumentGroup, cls: type, dest_prefix: str, aliases: dict[str, list[str]] | None = None,
+                  qualifier: str | None = None, shared: set[str] = frozenset()) -> None:
+    """One option per setting. With ``qualifier`` (a profile name) every setting also gets
+    ``--<profile>-<name>``; names that several served profiles share (``shared``) get only that."""
     for field, meta, tp in fields_of(cls):
         kwargs: dict[str, Any] = {"dest": dest_prefix + field.name, "default": argparse.SUPPRESS, "help": meta.help}
         inner = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else tp
         if inner is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")
+        elif typing.get_origin(inner) is tuple:
+            kwargs.update(action="append", metavar=field.name.upper())  # repeatable; each may be comma-separated
         elif isinstance(inner, type) and issubclass(inner, enum.Enum):
             kwargs["metavar"] = "{" + ",".join(m.value for m in inner) + "}"
         else:
             kwargs["metavar"] = field.name.upper()
-        group.add_argument(*_flag_names(field, meta), *(aliases or {}).get(field.name, ()), **kwargs)
+        names = [n for n in [*_flag_names(field, meta), *(aliases or {}).get(field.name, ())] if n not in shared]
+        if qualifier is not None:
+            names.append(f"--{qualifier}-{field.name.replace('_', '-')}")
+        group.add_argument(*names, **kwargs)
 
 
 def _collect(args: argparse.Namespace, prefix: str) -> dict[str, tuple[Any, str]]:
@@ -69,9 +77,15 @@ def _serve(argv: Sequence[str]) -> int:
         for field, flags in getattr(profile, "server_flags", {}).items():
             server_aliases.setdefault(field, []).extend(f for f in flags if f not in server_aliases.get(field, []))
     _add_settings(parser.add_argument_group("server"), ServerSettings, "server.", server_aliases)
+    seen: dict[str, int] = {}
+    for profile in profiles.values():
+        for field, meta, _ in fields_of(profile.settings):
+            for flag in _flag_names(field, meta):
+                seen[flag] = seen.get(flag, 0) + 1
+    shared = {flag for flag, count in seen.items() if count > 1}
     for name, profile in profiles.items():
         group = parser.add_argument_group(f"profile {name}")
-        _add_settings(group, profile.settings, f"{name}.")
+        _add_settings(group, profile.settings, f"{name}.", qualifier=name if len(profiles) > 1 else None, shared=shared)
         if hasattr(profile, "add_arguments"):
             profile.add_arguments(parser)
     args = parser.parse_args(argv)

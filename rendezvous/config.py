@@ -36,6 +36,7 @@ class ServerSettings:
     key: pathlib.Path | None = setting(None, help="TLS private key (PEM)")
     shutdown_grace: float = setting(5.0, help="seconds to let connections finish on shutdown", validator=positive)
     webtransport_port: int | None = setting(None, help="UDP port for WebTransport (HTTP/3); unset: off, 0: ephemeral")
+    mount: tuple[str, ...] = setting((), help="serve a profile's routes under a path prefix: NAME=/prefix (comma-separated or repeated)")
 
     def __attrs_post_init__(self) -> None:
         if self.log_format not in ("auto", "console", "json"):
@@ -44,10 +45,23 @@ class ServerSettings:
             raise ValueError("cert and key must be given together")
         if self.port is not None and not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be 0..65535, got {self.port}")
+        self.prefixes()  # checks the format
         for name in ("metrics_path", "healthz_path"):
             value = getattr(self, name)
             if value and not value.startswith("/"):
                 raise ValueError(f"{name}: must start with '/', got {value!r}")
+
+
+    def prefixes(self) -> dict[str, str]:
+        """``mount`` as ``{profile: "/prefix"}`` (no trailing slash)."""
+        out: dict[str, str] = {}
+        for item in self.mount:
+            name, sep, prefix = item.partition("=")
+            name, prefix = name.strip(), prefix.strip()
+            if not sep or not name or not prefix.startswith("/"):
+                raise ValueError(f"mount: expected NAME=/prefix, got {item!r}")
+            out[name] = prefix.rstrip("/")
+        return out
 
 
 @attrs.frozen
@@ -119,6 +133,7 @@ def load_config(
     server_from_profiles: Values = {}
     profiles: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
+    disagreeing: set[str] = set()
     for name in names:
         try:
             profile = plugins.load_profile(name)
@@ -128,6 +143,8 @@ def load_config(
         for field, env_names in getattr(profile, "server_env", {}).items():
             server_aliases.setdefault(field, []).extend(env_names)
         for field, value in getattr(profile, "server_defaults", {}).items():
+            if field in server_defaults and server_defaults[field][0] != value:
+                disagreeing.add(field)  # two profiles want different defaults: keep the framework's
             server_defaults.setdefault(field, (value, f"profile {name} default"))
         values: Values = {}
         if path is not None:
@@ -138,17 +155,33 @@ def load_config(
         # Profiles whose original takes server options in its own terms (Snowflake's --addr).
         if hasattr(profile, "server_values"):
             try:
-                server_from_profiles.update(profile.server_values(profiles[name]))
+                given = profile.server_values(profiles[name])
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+            try:
+                untouched = profile.server_values(build(profile.settings, {}, name))
+            except (ValueError, ConfigError):
+                untouched = {}
+            for field, (value, source) in given.items():
+                if field in untouched and untouched[field][0] == value:
+                    # The profile's default (Snowflake's :443): only a default for the server,
+                    # so [server], RENDEZVOUS_* and another profile's explicit value win over it.
+                    if field in server_defaults and server_defaults[field][0] != value:
+                        disagreeing.add(field)
+                    server_defaults.setdefault(field, (value, f"profile {name} default"))
+                else:
+                    server_from_profiles[field] = (value, source)
 
-    server_values: Values = dict(server_defaults)
+    server_values: Values = {k: v for k, v in server_defaults.items() if k not in disagreeing}
     if path is not None:
         server_values.update(table(data, "server", path))
     server_values.update(env_values(ServerSettings, "RENDEZVOUS_", environ, server_aliases))
     server_values.update(server_from_profiles)
     server_values.update(server_overrides or {})
     server = build(ServerSettings, server_values, "server")
+    for mounted in server.prefixes():
+        if mounted not in profiles:
+            raise ConfigError(f"server.mount: {mounted!r} is not one of the profiles served ({', '.join(profiles)})")
     for name, profile in loaded.items():
         if hasattr(profile, "validate"):
             try:

@@ -13,10 +13,11 @@ import attrs
 import structlog
 
 from rendezvous import plugins
-from rendezvous.app import App
+from rendezvous.app import App, DuplicateRoute
 from rendezvous.config import Config, load_config
 from rendezvous.observe import logging as rlog
-from rendezvous.observe.metrics import healthz, metrics_handler, new_registry
+from rendezvous.errors import ConfigError
+from rendezvous.observe.metrics import ProfileLabelled, healthz, metrics_handler, new_registry
 from rendezvous.profile import ProfileContext
 from rendezvous.servers import ServeOptions
 from rendezvous.transports.base import ExchangeRoute
@@ -81,27 +82,34 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
     runtimes: dict[str, Any] = {}
     static_dirs = []
     default_port = None
+    prefixes = settings.prefixes()
+    several = len(config.profiles) > 1
     for name, profile_settings in config.profiles.items():
         profile = plugins.load_profile(name)
         default_port = default_port if default_port is not None else profile.default_port
-        context = ProfileContext(name, profile_settings, registry, rlog.get_logger(f"rendezvous.{name}"), clock)
+        # With several profiles each gets a registry of its own, shown on /metrics labelled by profile.
+        profile_registry = new_registry() if several else registry
+        if several:
+            registry.register(ProfileLabelled(name, profile_registry))
+        context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}"), clock)
         runtime = profile.create(context)
         runtimes[name] = runtime
-        routes.extend(("", route) for route in runtime.routes)
+        routes.extend((prefixes.get(name, ""), route) for route in runtime.routes)
         if runtime.static_dir is not None:
             static_dirs.append(runtime.static_dir)
     if settings.metrics_path:
         routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
     if settings.healthz_path:
         routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
-    app = App(routes, transports, static_dirs)
+    try:
+        app = App(routes, transports, static_dirs)
+    except DuplicateRoute as exc:
+        raise ConfigError(f"{exc}: serve the profiles under different prefixes (--mount NAME=/prefix)") from None
 
     port = settings.port if settings.port is not None else (default_port or 8000)
     try:
         sockets = bind_sockets(settings.host, port)
     except OSError as exc:
-        from rendezvous.errors import ConfigError
-
         raise ConfigError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
     bound_port = sockets[0].getsockname()[1]
     scheme = "https" if settings.cert else "http"
@@ -185,10 +193,11 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
             if server.webtransport is not None:
                 log.info("webtransport", url=server.webtransport_url, sha256=server.webtransport.certificate.sha256,
                          ephemeral=server.webtransport.certificate.ephemeral)
+            prefixes = config.server.prefixes()
             for name, runtime in server.runtimes.items():
                 describe = getattr(runtime, "describe", None)
                 if describe is not None:
-                    for event, fields in describe(server.url):
+                    for event, fields in describe(server.url + prefixes.get(name, "")):
                         log.info(event, profile=name, **fields)
             if ready is not None:
                 ready(server)

@@ -113,7 +113,8 @@ def convert(value: Any, tp: Any, name: str, source: str) -> Any:
                 choices = ", ".join(repr(m.value) for m in inner)
                 raise ConfigError(f"{where}: expected one of {choices}, got {value!r}") from None
         if typing.get_origin(inner) is tuple:
-            items = value.split(",") if isinstance(value, str) else list(value)
+            parts = [value] if isinstance(value, str) else list(value)
+            items = [item for part in parts for item in (part.split(",") if isinstance(part, str) else [part])]
             (item_tp, _) = typing.get_args(inner)
             return tuple(convert(v.strip() if isinstance(v, str) else v, item_tp, name, source) for v in items if v != "")
     except ConfigError:

@@ -45,6 +45,30 @@ class ExactCounter(Collector):
         return list(self.collect())
 
 
+class ProfileLabelled(Collector):
+    """Every metric of one profile's registry, with a ``profile="<name>"`` label added.
+
+    Used when one process serves several profiles: each profile registers its metrics in
+    a registry of its own (so a profile's own exposition, e.g. Snowflake's ``/prometheus``, stays
+    unlabelled), and the server's ``/metrics`` shows all of them labelled by profile.
+    """
+
+    def __init__(self, name: str, source: CollectorRegistry) -> None:
+        self.name = name
+        self.source = source
+
+    def collect(self):  # type: ignore[override]
+        for metric in self.source.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            for sample in metric.samples:
+                labelled.add_sample(sample.name, {**sample.labels, "profile": self.name}, sample.value,
+                                    sample.timestamp, sample.exemplar)
+            yield labelled
+
+    def describe(self):  # type: ignore[override]
+        return []
+
+
 def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 

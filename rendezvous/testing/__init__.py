@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import anyio
 
@@ -34,16 +34,24 @@ class FakeClock:
 
 @contextlib.asynccontextmanager
 async def serve(
-    profile: str,
+    profile: str | Sequence[str],
     settings: Mapping[str, Any] | None = None,
     *,
     http_server: str = "hypercorn",
     server: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[RunningServer]:
-    """Run ``profile`` in-process on ``127.0.0.1:0``; yields the :class:`RunningServer`."""
+    """Run ``profile`` in-process on ``127.0.0.1:0``; yields the :class:`RunningServer`.
+
+    Several profiles: pass their names as a list and ``settings`` as ``{name: {...}}``
+    (mount them under prefixes with ``server={"mount": ["overlay=/ov"]}``).
+    """
     server_values = {"host": "127.0.0.1", "port": 0, "http_server": http_server, "shutdown_grace": 1.0, **(server or {})}
-    config = make_config(profile, server=server_values, settings={profile: dict(settings or {})})
+    if isinstance(profile, str):
+        config = make_config(profile, server=server_values, settings={profile: dict(settings or {})})
+    else:
+        per_profile = {name: dict((settings or {}).get(name, {})) for name in profile}
+        config = make_config(list(profile), server=server_values, settings=per_profile)
     async with running(config, **kwargs) as running_server:
         yield running_server
 

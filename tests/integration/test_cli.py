@@ -202,3 +202,30 @@ def test_example_plugin_installs_and_serves(tmp_path):
             assert srv.stop() == 0
 
     anyio.run(talk)
+
+
+async def test_several_profiles_from_the_shipped_config():
+    srv = Serving(["--config", str(ROOT / "configs" / "several.toml"), "--host", "127.0.0.1", "--port", "0"], env())
+    try:
+        record = srv.wait_for("root connects")
+        assert "/overlay/" in record["url"]
+        async with ws_connect(record["url"]) as root:
+            base = record["url"].rsplit("/", 2)[0]  # .../overlay
+            async with ws_connect(base + "/join") as p:
+                await p.send("{}")
+                assert "origin" in await recv_json(root)
+        http = base.replace("ws://", "http://").rsplit("/", 1)[0]
+        from rendezvous.testing import http_call
+
+        assert (await http_call(http + "/wasimoff/healthz")).content == b"OK\n"
+        assert (await http_call(http + "/snowflake/debug")).status == 200
+        metrics = (await http_call(http + "/metrics")).content.decode()
+        assert 'rendezvous_overlay_joins_total{profile="overlay"} 1.0' in metrics
+    finally:
+        assert srv.stop() == 0
+
+
+def test_several_profiles_on_the_command_line_clash_without_prefixes():
+    out = run("serve", "--profile", "overlay", "--profile", "wasimoff", "--profile", "snowflake", "--disable-tls", "--disable-geoip",
+              "--host", "127.0.0.1", "--port", "0")
+    assert out.returncode == 2 and "two routes claim" in out.stderr and "--mount" in out.stderr
