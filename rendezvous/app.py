@@ -69,9 +69,15 @@ def mounted(prefix: str, route: Route) -> Route:
 class App:
     """Built once per server from the mounted routes; an ASGI callable too."""
 
-    def __init__(self, routes: Iterable[tuple[str, Route]], transports: Sequence[Any], static_dirs: Sequence[pathlib.Path] = ()) -> None:
-        routes = [(m.path, m) for m in (mounted(prefix, route) for prefix, route in routes)]
-        self.transports = list(transports)
+    def __init__(self, routes: Iterable[tuple[str, Route]], transports: Sequence[Any], static_dirs: Sequence[pathlib.Path] = (),
+                 bridges: Any = None) -> None:
+        """``bridges`` (a :class:`rendezvous.transports.bridges.Bridges`): also carry channel
+        routes over HTTP long-poll and exchange routes over channels, at the same paths."""
+        plain = [mounted(prefix, route) for prefix, route in routes]
+        if bridges is not None:
+            plain += bridges.derive(plain)
+        routes = [(m.path, m) for m in plain]
+        self.transports = list(transports) + ([bridges] if bridges is not None else [])
         self._exact: dict[tuple[str, str], Route] = {}
         # Paths with one "*" (e.g. "/*/webrtc-bootstrap-root") are tried in order after the
         # exact table; "*" matches any text. Keeps secrets out of the dict lookup.

@@ -36,6 +36,9 @@ class ServerSettings:
     key: pathlib.Path | None = setting(None, help="TLS private key (PEM)")
     shutdown_grace: float = setting(5.0, help="seconds to let connections finish on shutdown", validator=positive)
     webtransport_port: int | None = setting(None, help="UDP port for WebTransport (HTTP/3); unset: off, 0: ephemeral")
+    bridges: bool = setting(True, help="also carry channel routes over HTTP long-poll and request/response routes over WebSocket/WebTransport")
+    longpoll_wait: float = setting(25.0, help="seconds a long-poll GET for a channel's next message waits", validator=positive)
+    longpoll_idle: float = setting(60.0, help="a long-poll channel nobody polls for this many seconds closes (1006)", validator=positive)
     mount: tuple[str, ...] = setting((), help="serve a profile's routes under a path prefix: NAME=/prefix (comma-separated or repeated)")
 
     def __attrs_post_init__(self) -> None:

@@ -21,6 +21,7 @@ from rendezvous.observe.metrics import ProfileLabelled, healthz, metrics_handler
 from rendezvous.profile import ProfileContext
 from rendezvous.servers import ServeOptions
 from rendezvous.transports.base import ExchangeRoute
+from rendezvous.transports.bridges import Bridges
 
 log = rlog.get_logger("rendezvous.server")
 
@@ -102,7 +103,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
     if settings.healthz_path:
         routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
     try:
-        app = App(routes, transports, static_dirs)
+        app = App(routes, transports, static_dirs, Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None)
     except DuplicateRoute as exc:
         raise ConfigError(f"{exc}: serve the profiles under different prefixes (--mount NAME=/prefix)") from None
 
@@ -125,7 +126,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         webtransport, rotation = _webtransport(app, settings)
         wt_port = await webtransport.start(settings.host if settings.host not in ("0.0.0.0", "") else "::", settings.webtransport_port)
         webtransport_url = f"https://{_connectable(settings.host)}:{wt_port}"
-        transports.append(webtransport)
+        app.transports.append(webtransport)
 
     async def run_http() -> None:
         try:
@@ -149,7 +150,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                         stop = getattr(runtime, "shutdown", None)
                         if stop is not None:
                             await stop()
-                    for transport in transports:
+                    for transport in app.transports:
                         await transport.shutdown(1001)
                     shutdown.set()
                     with anyio.move_on_after(settings.shutdown_grace + 1):

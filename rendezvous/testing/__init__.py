@@ -157,6 +157,63 @@ async def http_call(url: str, method: str = "GET", body: bytes = b"", headers: M
     return HttpReply(status, reply_headers, rest)
 
 
+class LongPoll:
+    """A channel over HTTP long-poll (see :mod:`rendezvous.transports.bridges`), for tests.
+
+    ``lp = await LongPoll.open(srv.url + "/join")``; ``await lp.send("x")``; ``await lp.recv()``;
+    ``lp.close_code`` once the server closed it.
+    """
+
+    def __init__(self, url: str, session: str, subprotocol: str | None) -> None:
+        self.url = url
+        self.session = session
+        self.subprotocol = subprotocol
+        self.close_code: int | None = None
+
+    @classmethod
+    async def open(cls, url: str, headers: Mapping[str, str] | None = None) -> "LongPoll":
+        reply = await http_call(url, "POST", b"", headers)
+        if reply.status != 200:
+            raise ConnectionError(f"long-poll open refused: {reply.status} {reply.content!r}")
+        opened = json.loads(reply.content)
+        base = url.split("?", 1)[0]
+        return cls(base, opened["session"], opened.get("subprotocol"))
+
+    async def send(self, message: str | bytes) -> HttpReply:
+        binary = isinstance(message, bytes)
+        body = message if binary else message.encode()
+        kind = "application/octet-stream" if binary else "text/plain; charset=utf-8"
+        return await http_call(f"{self.url}?session={self.session}", "POST", body, {"Content-Type": kind})
+
+    async def recv(self, timeout: float = 5.0) -> str | bytes:
+        """The next message; raises :class:`ConnectionError` once closed (``close_code`` set)."""
+        with anyio.fail_after(timeout):
+            while True:
+                reply = await http_call(f"{self.url}?session={self.session}", timeout=timeout + 30)
+                if reply.status == 200:
+                    binary = reply.headers.get("content-type", "").startswith("application/octet-stream")
+                    return reply.content if binary else reply.content.decode()
+                if reply.status == 410:
+                    self.close_code = json.loads(reply.content)["code"]
+                    raise ConnectionError(f"closed with {self.close_code}")
+                if reply.status != 204:
+                    raise ConnectionError(f"poll failed: {reply.status}")
+
+    async def close(self) -> None:
+        await http_call(f"{self.url}?session={self.session}", "DELETE")
+
+
+async def ws_exchange(ws: Any, body: str, *, request_id: Any = 1, method: str = "POST", timeout: float = 10.0,
+                      **fields: Any) -> dict[str, Any]:
+    """One request/response route called over a channel (WebSocket or :func:`wt_connect`): the reply dict."""
+    await ws.send(json.dumps({"id": request_id, "method": method, "body": body, **fields}))
+    with anyio.fail_after(timeout):
+        while True:
+            reply = json.loads(await ws.recv())
+            if reply.get("id") == request_id:
+                return reply
+
+
 def _dechunk(data: bytes) -> bytes:
     out = b""
     while data:
@@ -209,9 +266,14 @@ class WebTransportClient:
     is the code of the server's CLOSE_WEBTRANSPORT_SESSION capsule once it closed.
     """
 
-    def __init__(self, url: str, verify: bool = False) -> None:
+    def __init__(self, url: str, verify: bool = False, headers: Mapping[str, str] | None = None,
+                 protocols: Sequence[str] = ()) -> None:
         self.url = url
         self.verify = verify
+        self.headers = dict(headers or {})
+        if protocols:
+            self.headers["wt-available-protocols"] = ", ".join(f'"{p}"' for p in protocols)
+        self.protocol: str | None = None  # the server's choice (wt-protocol)
         self.close_code: int | None = None
         self.certificate_sha256: str | None = None
 
@@ -251,6 +313,9 @@ class WebTransportClient:
                 for h3_event in self.h3.handle_event(event):
                     if isinstance(h3_event, HeadersReceived) and h3_event.stream_id == client.session_id:
                         status = dict(h3_event.headers).get(b":status")
+                        chosen = dict(h3_event.headers).get(b"wt-protocol")
+                        if chosen is not None:
+                            client.protocol = chosen.decode().strip('"')
                         if not client._ready.done():
                             if status == b"200":
                                 client._ready.set_result(None)
@@ -284,6 +349,7 @@ class WebTransportClient:
             (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
             (b":authority", parts.netloc.encode()), (b":path", (parts.path or "/").encode() + (b"?" + parts.query.encode() if parts.query else b"")),
             (b"sec-webtransport-http3-draft02", b"1"), (b"origin", b"http://" + parts.netloc.encode()),
+            *((k.lower().encode(), v.encode()) for k, v in self.headers.items()),
         ])
         protocol.transmit()
         with anyio.fail_after(5):
@@ -322,5 +388,6 @@ class WebTransportClient:
         await self._cm.__aexit__(*exc)
 
 
-def wt_connect(url: str, verify: bool = False) -> WebTransportClient:
-    return WebTransportClient(url, verify)
+def wt_connect(url: str, verify: bool = False, headers: Mapping[str, str] | None = None,
+               protocols: Sequence[str] = ()) -> WebTransportClient:
+    return WebTransportClient(url, verify, headers, protocols)

@@ -70,7 +70,7 @@ class HttpTransport:
             try:
                 body = await read_body(receive, limit)
             except _BodyTooLarge:
-                await send_response(send, HttpResponse(400))
+                await send_response(send, HttpResponse(route.too_large_status))
                 return
             except _Disconnected:
                 return

@@ -21,10 +21,10 @@ from typing import Any
 import anyio
 from aioquic.asyncio import QuicConnectionProtocol, serve
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ProtocolNegotiated, StreamReset
+from aioquic.quic.events import ProtocolNegotiated, StreamDataReceived, StreamReset
 
 from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Inbox, header_map
 
@@ -60,6 +60,11 @@ def parse_capsules(buffer: bytearray) -> list[tuple[int, bytes]]:
     return out
 
 
+def offered_protocols(value: str) -> tuple[str, ...]:
+    """``WT-Available-Protocols`` (a structured-field list of strings: ``"a", "b"``)."""
+    return tuple(p.strip().strip('"') for p in value.split(",") if p.strip().strip('"'))
+
+
 class WebTransportChannel:
     """One WebTransport session as a message channel."""
 
@@ -83,7 +88,7 @@ class WebTransportChannel:
         if self._inbox.closed:
             raise ChannelClosed(1006, "session gone before accept")
         self._accepted = True
-        self._protocol.respond(self._session_id, 200)
+        self._protocol.respond(self._session_id, 200, protocol=subprotocol)
 
     async def refuse(self, status: int = 403, body: bytes = b"") -> None:
         self._inbox.close(1005)
@@ -160,6 +165,7 @@ class _H3Protocol(QuicConnectionProtocol):
         self.owner = transport
         self.h3: H3Connection | None = None
         self.sessions: dict[int, WebTransportChannel] = {}
+        self._announced: set[int] = set()  # peer streams already reported
         self.loop = asyncio.get_running_loop()
 
     def quic_event_received(self, event: Any) -> None:
@@ -171,6 +177,24 @@ class _H3Protocol(QuicConnectionProtocol):
             return
         for h3_event in self.h3.handle_event(event):
             self._h3_event(h3_event)
+        if isinstance(event, StreamDataReceived) and event.stream_id not in self._announced:
+            self._announce(event.stream_id)
+
+    def _announce(self, stream_id: int) -> None:
+        """Report a peer's WebTransport stream as soon as its preamble arrived.
+
+        aioquic 1.7.2 emits no event for a stream that carried only its preamble (``0x41``,
+        session id); Chromium opens streams exactly like that (spec wasimoff.md §7.3).
+        """
+        stream = self.h3._stream.get(stream_id) if self.h3 is not None else None
+        if stream is None or stream.frame_type != FrameType.WEBTRANSPORT_STREAM or stream.session_id is None:
+            if stream is not None and stream.stream_type is not None:
+                self._announced.add(stream_id)  # a unidirectional H3 control/QPACK stream: never ours
+            return
+        self._announced.add(stream_id)
+        channel = self.sessions.get(stream.session_id)
+        if channel is not None:
+            channel._stream_data(stream_id, b"", False)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -186,6 +210,7 @@ class _H3Protocol(QuicConnectionProtocol):
             else:
                 self.respond(event.stream_id, 404, end=True)
         elif isinstance(event, WebTransportStreamDataReceived):
+            self._announced.add(event.stream_id)
             channel = self.sessions.get(event.session_id)
             if channel is not None:
                 channel._stream_data(event.stream_id, event.data, event.stream_ended)
@@ -201,8 +226,10 @@ class _H3Protocol(QuicConnectionProtocol):
             self.respond(session_id, 404 if not self.owner.closing else 503, end=True)
             return
         peer = self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
-        info = ConnectionInfo("webtransport", path, query, {k: v for k, v in headers.items() if not k.startswith(":")},
-                              peer[0], peer[1], tuple(p.strip() for p in headers.get("wt-available-protocols", "").split(",") if p.strip()))
+        plain = {k: v for k, v in headers.items() if not k.startswith(":")}
+        plain.setdefault("host", headers.get(":authority", ""))  # HTTP/3's :authority is HTTP/1.1's Host
+        info = ConnectionInfo("webtransport", path, query, plain,
+                              peer[0], peer[1], offered_protocols(headers.get("wt-available-protocols", "")))
         channel = WebTransportChannel(self, session_id, info, route.max_message_size)
         self.sessions[session_id] = channel
         self.owner.spawn(self._run(route, channel))
@@ -218,12 +245,14 @@ class _H3Protocol(QuicConnectionProtocol):
             await channel.close(1000)
 
     # -- sending -------------------------------------------------------------------------------
-    def respond(self, stream_id: int, status: int, end: bool = False) -> None:
+    def respond(self, stream_id: int, status: int, end: bool = False, protocol: str | None = None) -> None:
         if self.h3 is None:
             return
         headers = [(b":status", str(status).encode())]
         if status == 200:
             headers.append((b"sec-webtransport-http3-draft", b"draft02"))
+        if protocol is not None:
+            headers.append((b"wt-protocol", f'"{protocol}"'.encode()))  # an sf-string, as offered
         try:
             self.h3.send_headers(stream_id, headers, end_stream=end)
         except Exception:  # the stream is already gone
