@@ -13,11 +13,12 @@ import pathlib
 import attrs
 from typing import Any, Iterable, Sequence
 
-from rendezvous.transports.base import ChannelRoute, HttpResponse, Route
+from rendezvous.transports.base import ChannelRoute, HttpResponse, Route, SessionRoute
 from rendezvous.transports.http import send_response
 
 CHANNEL = "channel"
 EXCHANGE = "exchange"
+SESSION = "session"  # WebTransport sessions handed over whole
 _SCOPE_KIND = {"websocket": CHANNEL, "http": EXCHANGE}
 
 
@@ -53,7 +54,7 @@ def mounted(prefix: str, route: Route) -> Route:
         return route
     inner = route.handler
     cut = len(prefix)
-    if isinstance(route, ChannelRoute):
+    if isinstance(route, (ChannelRoute, SessionRoute)):
         async def channel_handler(channel: Any) -> None:
             channel.info = attrs.evolve(channel.info, path=channel.info.path[cut:])
             await inner(channel)
@@ -83,7 +84,7 @@ class App:
         # exact table; "*" matches any text. Keeps secrets out of the dict lookup.
         self._patterns: list[tuple[str, str, str, Route]] = []
         for path, route in routes:
-            kind = CHANNEL if isinstance(route, ChannelRoute) else EXCHANGE
+            kind = CHANNEL if isinstance(route, ChannelRoute) else SESSION if isinstance(route, SessionRoute) else EXCHANGE
             if "*" in path:
                 head, _, tail = path.partition("*")
                 self._patterns.append((kind, head, tail, route))

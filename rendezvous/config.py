@@ -36,6 +36,8 @@ class ServerSettings:
     key: pathlib.Path | None = setting(None, help="TLS private key (PEM)")
     shutdown_grace: float = setting(5.0, help="seconds to let connections finish on shutdown", validator=positive)
     webtransport_port: int | None = setting(None, help="UDP port for WebTransport (HTTP/3); unset: off, 0: ephemeral")
+    webtransport_cert: pathlib.Path | None = setting(None, help="certificate (PEM) for WebTransport only (default: --cert, else an ephemeral one)")
+    webtransport_key: pathlib.Path | None = setting(None, help="private key (PEM) for --webtransport-cert")
     bridges: bool = setting(True, help="also carry channel routes over HTTP long-poll and request/response routes over WebSocket/WebTransport")
     longpoll_wait: float = setting(25.0, help="seconds a long-poll GET for a channel's next message waits", validator=positive)
     longpoll_idle: float = setting(60.0, help="a long-poll channel nobody polls for this many seconds closes (1006)", validator=positive)
@@ -46,6 +48,8 @@ class ServerSettings:
             raise ValueError(f"log_format: expected auto, console or json, got {self.log_format!r}")
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key must be given together")
+        if (self.webtransport_cert is None) != (self.webtransport_key is None):
+            raise ValueError("webtransport_cert and webtransport_key must be given together")
         if self.port is not None and not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be 0..65535, got {self.port}")
         self.prefixes()  # checks the format

@@ -20,6 +20,10 @@ class ProfileContext:
     metrics: Any  # prometheus_client.CollectorRegistry
     log: Any  # a structlog bound logger
     clock: Callable[[], float]
+    #: The running WebTransport listener (``.port``, ``.certificate.sha256``/``.ephemeral``), or None.
+    #: Called, not read: the listener starts after the profiles are created, and its
+    #: certificate changes when it is renewed.
+    webtransport: Callable[[], Any] = lambda: None
 
 
 @runtime_checkable

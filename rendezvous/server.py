@@ -82,6 +82,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
     routes: list[tuple[str, Any]] = []
     runtimes: dict[str, Any] = {}
     static_dirs = []
+    late: dict[str, Any] = {}  # what starts after the profiles are created
     default_port = None
     prefixes = settings.prefixes()
     several = len(config.profiles) > 1
@@ -92,7 +93,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         profile_registry = new_registry() if several else registry
         if several:
             registry.register(ProfileLabelled(name, profile_registry))
-        context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}"), clock)
+        context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}"), clock,
+                                 lambda: late.get("webtransport"))
         runtime = profile.create(context)
         runtimes[name] = runtime
         routes.extend((prefixes.get(name, ""), route) for route in runtime.routes)
@@ -126,6 +128,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         webtransport, rotation = _webtransport(app, settings)
         wt_port = await webtransport.start(settings.host if settings.host not in ("0.0.0.0", "") else "::", settings.webtransport_port)
         webtransport_url = f"https://{_connectable(settings.host)}:{wt_port}"
+        late["webtransport"] = webtransport
         app.transports.append(webtransport)
 
     async def run_http() -> None:
@@ -167,6 +170,8 @@ def _webtransport(app: App, settings: Any) -> tuple[Any, Any]:
     from rendezvous.tls import CertificateRotation, certificate_from_files
     from rendezvous.transports.webtransport import WebTransportTransport
 
+    if settings.webtransport_cert is not None:
+        return WebTransportTransport(app, certificate_from_files(settings.webtransport_cert, settings.webtransport_key)), None
     if settings.cert is not None:
         return WebTransportTransport(app, certificate_from_files(settings.cert, settings.key)), None
     rotation = CertificateRotation(datetime.datetime.now(datetime.timezone.utc))

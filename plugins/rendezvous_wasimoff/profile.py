@@ -28,6 +28,7 @@ from rendezvous.settings import positive, setting
 from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute, ExchangeRoute, HttpRequest, HttpResponse
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.codec import SUBPROTOCOLS, BadFrame, Codec, pack, unpack
+from rendezvous_wasimoff.gena import GenAProvider, GenerationA
 from rendezvous_wasimoff.storage import Unsupported, open_storage
 
 VERSION = "rendezvous-wasimoff 0.1.0 (gen C wire protocol)"
@@ -38,10 +39,10 @@ CONNECT_STATUS = {"invalid_argument": 400, "not_found": 404, "resource_exhausted
                   "internal": 500, "unimplemented": 501, "unavailable": 503, "canceled": 499}
 
 
-def _parse_listen(value: str) -> tuple[str, int]:
+def _parse_listen(value: str, what: str = "WASIMOFF_HTTP_LISTEN") -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError(f"WASIMOFF_HTTP_LISTEN: expected [host]:port, got {value!r}")
+        raise ValueError(f"{what}: expected [host]:port, got {value!r}")
     return host.strip("[]") or "::", int(port)
 
 
@@ -63,9 +64,21 @@ class WasimoffSettings:
     ping_interval: float = setting(5.0, help="seconds between Ping requests to each provider", validator=positive)
     ping_misses: int = setting(3, help="unanswered Pings in a row before a provider is dropped (its tasks retry elsewhere)", validator=positive)
     listing_timeout: float = setting(10.0, help="seconds a new provider has to answer the Listing request", validator=positive)
+    # generation A (WebTransport): spec wasimoff.md §1
+    quic_listen: str = setting(":4443", help="UDP listener for WebTransport providers (generation A), [host]:port; '' turns it off", env=["WASIMOFF_QUIC_LISTEN"])
+    quic_cert: pathlib.Path | None = setting(None, help="WebTransport certificate (PEM); unset: an ephemeral one, renewed while running", env=["WASIMOFF_QUIC_CERT"])
+    quic_key: pathlib.Path | None = setting(None, help="WebTransport private key (PEM), with quic_cert", env=["WASIMOFF_QUIC_KEY"])
+    https: bool = setting(False, help="serve the HTTP listener with the QUIC certificate too (HTTPS)", env=["WASIMOFF_HTTPS"])
+    transport_url: str = setting("", help="WebTransport URL given to providers by /api/broker/v1/config (unset: https://<host the page used>:<quic port>/transport)", env=["WASIMOFF_TRANSPORT_URL"])
 
     def __attrs_post_init__(self) -> None:
         _parse_listen(self.http_listen)
+        if self.quic_listen:
+            _parse_listen(self.quic_listen, "WASIMOFF_QUIC_LISTEN")
+        if (self.quic_cert is None) != (self.quic_key is None):
+            raise ValueError("WASIMOFF_QUIC_CERT and WASIMOFF_QUIC_KEY: give both or neither")
+        if self.https and self.quic_cert is None:
+            raise ValueError("WASIMOFF_HTTPS needs WASIMOFF_QUIC_CERT and WASIMOFF_QUIC_KEY (not supported with the ephemeral certificate)")
 
 
 class WasimoffProfile:
@@ -82,6 +95,14 @@ class WasimoffProfile:
         values: dict[str, tuple[Any, str]] = {"host": (host, "WASIMOFF_HTTP_LISTEN"), "port": (port, "WASIMOFF_HTTP_LISTEN")}
         if settings.metrics:
             values["metrics_path"] = ("/metrics", "WASIMOFF_METRICS")
+        if settings.quic_listen:
+            values["webtransport_port"] = (_parse_listen(settings.quic_listen, "WASIMOFF_QUIC_LISTEN")[1], "WASIMOFF_QUIC_LISTEN")
+        if settings.quic_cert is not None:
+            values["webtransport_cert"] = (settings.quic_cert, "WASIMOFF_QUIC_CERT")
+            values["webtransport_key"] = (settings.quic_key, "WASIMOFF_QUIC_KEY")
+            if settings.https:
+                values["cert"] = (settings.quic_cert, "WASIMOFF_HTTPS")
+                values["key"] = (settings.quic_key, "WASIMOFF_HTTPS")
         return values
 
     def validate(self, settings: WasimoffSettings, server: Any) -> None:
@@ -174,6 +195,8 @@ class WasimoffRuntime:
         self.driver = Driver(self.dispatch, self.execute, context.clock)
         self.metrics = _Metrics(context.metrics)
         self.providers: dict[ProviderSession, None] = {}
+        self.gen_a = GenerationA(self, context.webtransport)
+        self._tasks: Any = None  # the run() task group (gen-A tasks run as RPC calls in it)
         self._task_ids = itertools.count(1)
         self._completions = 0
         cap = s.max_message_size
@@ -189,6 +212,7 @@ class WasimoffRuntime:
             ExchangeRoute("/api/storage/*", self.download, frozenset({"GET", "HEAD"})),
             ExchangeRoute("/healthz", self.healthz, frozenset({"GET", "HEAD"})),
             ExchangeRoute("/api/version", self.version, frozenset({"GET", "HEAD"})),
+            *self.gen_a.routes,
         ]
         static = s.static_files
         self.static_dir = static if static is not None and static.is_dir() else None
@@ -201,6 +225,7 @@ class WasimoffRuntime:
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
+            self._tasks = tg
             tg.start_soon(self.driver.run)
             tg.start_soon(self._throughput_forever)
 
@@ -210,6 +235,9 @@ class WasimoffRuntime:
             if type(effect) is Deliver:
                 if isinstance(effect.to, ProviderSession):
                     await self._start_task(effect.to, effect.payload)
+                elif isinstance(effect.to, GenAProvider):
+                    self.metrics.scheduled.inc()
+                    self._tasks.start_soon(self.gen_a.start_task, effect.to, effect.payload)
                 else:
                     task: TaskHandle = effect.to
                     task.result = effect.payload
@@ -221,6 +249,8 @@ class WasimoffRuntime:
                 effect.task.error = "\n".join(effect.errors)
                 effect.task.event.set()
             elif type(effect) is Revoke:
+                if isinstance(effect.worker, GenAProvider):
+                    continue  # gen A has no cancel; the result is ignored when it comes
                 session: ProviderSession = effect.worker
                 try:
                     await session.request(schema.Cancel(id=effect.task.id, reason="client cancelled"), "cancel")
@@ -268,12 +298,11 @@ class WasimoffRuntime:
                     await channel.close(CLOSE_INTERNAL, "no answer to the Listing request")
                     return
                 self.providers[session] = None
-                self.metrics.providers.set(len(self.providers))
-                self.log.info("provider connected", provider=name, providers=len(self.providers))
+                self.log.info("provider connected", provider=name, providers=self.provider_count())
                 now = self.clock()
                 self.dispatch.add_worker(now, session, name, session.files)
                 await self.execute(self.dispatch.set_capacity(now, session, session.capacity))
-                await self._broadcast_cluster_info()
+                await self.provider_count_changed()
                 await self._ping_forever(session)
             except ChannelClosed:
                 pass
@@ -282,12 +311,11 @@ class WasimoffRuntime:
                     tg.cancel_scope.cancel()
                     if session in self.providers:
                         del self.providers[session]
-                        self.metrics.providers.set(len(self.providers))
                         self.metrics.workers.labels(name).set(0)
                         await self.execute(self.dispatch.remove_worker(self.clock(), session))
                         self.driver.poke()
-                        self.log.info("provider disconnected", provider=name, providers=len(self.providers))
-                        await self._broadcast_cluster_info()
+                        self.log.info("provider disconnected", provider=name, providers=self.provider_count())
+                        await self.provider_count_changed()
                     await channel.close(1000)
 
     @staticmethod
@@ -400,8 +428,16 @@ class WasimoffRuntime:
             await self.execute(effects)
             self.driver.poke()
 
+    def provider_count(self) -> int:
+        """Providers of both generations."""
+        return len(self.providers) + len(self.gen_a.providers)
+
+    async def provider_count_changed(self) -> None:
+        self.metrics.providers.set(self.provider_count())
+        await self._broadcast_cluster_info()
+
     async def _broadcast_cluster_info(self) -> None:
-        event = schema.ClusterInfo(providers=len(self.providers))
+        event = schema.ClusterInfo(providers=self.provider_count())
         for session in list(self.providers):
             try:
                 await session.send(schema.EVENT, event)
@@ -435,10 +471,18 @@ class WasimoffRuntime:
         file.ref = ref
         return ref
 
-    async def submit(self, request: Message, kind: str, requester: str | None) -> Message:
-        """Run one task to its end; raises :class:`RpcError` for what is not an application result."""
+    async def submit(self, request: Message, kind: str, requester: str | None, gen_a: str | None = None) -> Message:
+        """Run one task to its end; raises :class:`RpcError` for what is not an application result.
+
+        ``gen_a``: the task came from the generation-A API (its loadfs/datafile, which gen-A
+        providers run natively, are also in the request as rootfs/artifacts for gen-C ones)."""
         params = request.params
         needs: list[str] = []
+        requires: set[str] = set()
+        if kind == "pyodide":
+            requires.add("pyodide")
+        elif gen_a is None and (params.HasField("rootfs") or len(params.artifacts)):
+            requires.add("rootfs")
         if kind == "wasip1":
             if not request.HasField("params") or not params.HasField("binary"):
                 raise RpcError("invalid_argument", "binary: both Blob and Ref are nil")
@@ -460,7 +504,7 @@ class WasimoffRuntime:
         if trace is not None:
             request.info.trace.CopyFrom(trace)
         try:
-            effects = self.dispatch.submit(self.clock(), task, task.needs)
+            effects = self.dispatch.submit(self.clock(), task, task.needs, requires)
         except QueueFull:
             raise RpcError("resource_exhausted", "Queue Full") from None
         try:

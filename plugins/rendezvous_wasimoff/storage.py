@@ -36,10 +36,14 @@ class MemoryStorage:
         self._blobs: dict[str, tuple[bytes, str]] = {}
         self._names: dict[str, str] = {}
 
-    def put(self, data: bytes, name: str | None = None, media: str | None = None) -> str:
+    def put(self, data: bytes, name: str | None = None, media: str | None = None, strict: bool = True) -> str:
+        """Store ``data``; its ref. ``strict``: only WebAssembly and zip (gen C); gen A's
+        upload takes any file (data files for ``loadfs``)."""
         media = media or sniff(data)
         if media not in (WASM, ZIP):
-            raise Unsupported("unsupported filetype")
+            if strict:
+                raise Unsupported("unsupported filetype")
+            media = media or "application/octet-stream"
         ref = ref_of(data)
         self._store(ref, data, media)
         if name:
@@ -51,6 +55,10 @@ class MemoryStorage:
         if _REF.fullmatch(name_or_ref):
             return name_or_ref if self._has(name_or_ref) else None
         return self._names.get(name_or_ref)
+
+    def names(self) -> dict[str, str]:
+        """Friendly name → ref, for every named file."""
+        return dict(self._names)
 
     def get(self, name_or_ref: str) -> tuple[bytes, str, str] | None:
         ref = self.resolve(name_or_ref)

@@ -53,6 +53,7 @@ class _Worker:
     capacity: int = 0
     files: set[str] = attrs.field(factory=set)
     running: set[Hashable] = attrs.field(factory=set)
+    provides: frozenset[str] | None = None  # capabilities; None: every capability
 
     @property
     def free(self) -> bool:
@@ -63,6 +64,7 @@ class _Worker:
 class _Task:
     party: Hashable
     needs: frozenset[str]
+    requires: frozenset[str] = frozenset()
     state: str = "queued"  # queued | leased | retrying | done
     worker: _Worker | None = None
     errors: list[str] = attrs.field(factory=list)
@@ -110,8 +112,12 @@ class Dispatch:
         return t.worker.party if t is not None and t.worker is not None else None
 
     # -- workers -------------------------------------------------------------------------
-    def add_worker(self, now: float, worker: Hashable, name: str, files: Iterable[str] = ()) -> list[Effect]:
-        self._workers[worker] = _Worker(worker, name, next(self._seq), files=set(files))
+    def add_worker(self, now: float, worker: Hashable, name: str, files: Iterable[str] = (),
+                   provides: Iterable[str] | None = None) -> list[Effect]:
+        """``provides``: the capabilities this worker has (None: all); a task that ``requires``
+        one it lacks is never given to it."""
+        self._workers[worker] = _Worker(worker, name, next(self._seq), files=set(files),
+                                        provides=None if provides is None else frozenset(provides))
         return self._assign(now)
 
     def set_capacity(self, now: float, worker: Hashable, capacity: int) -> list[Effect]:
@@ -141,11 +147,14 @@ class Dispatch:
         return effects + self._assign(now)
 
     # -- tasks ---------------------------------------------------------------------------
-    def submit(self, now: float, task: Hashable, needs: Iterable[str] = ()) -> list[Effect]:
-        """Queue ``task``; raises :class:`QueueFull` at the bound."""
+    def submit(self, now: float, task: Hashable, needs: Iterable[str] = (), requires: Iterable[str] = ()) -> list[Effect]:
+        """Queue ``task``; raises :class:`QueueFull` at the bound.
+
+        ``needs``: files it prefers a worker to hold (SimpleMatch); ``requires``: capabilities
+        a worker must have. A task no free worker can take lets the tasks behind it pass."""
         if self._queued >= self.queue_limit:
             raise QueueFull()
-        t = _Task(task, frozenset(needs))
+        t = _Task(task, frozenset(needs), frozenset(requires))
         self._tasks[task] = t
         self._queue.append(t)
         self._queued += 1
@@ -208,7 +217,7 @@ class Dispatch:
         return []
 
     def _pick(self, t: _Task) -> _Worker | None:
-        free = [w for w in self._workers.values() if w.free]
+        free = [w for w in self._workers.values() if w.free and (w.provides is None or t.requires <= w.provides)]
         if not free:
             return None
         if self.policy is Policy.SIMPLE_MATCH:
@@ -221,7 +230,7 @@ class Dispatch:
             ordered = sorted(self._workers.values(), key=lambda w: w.name)
             for i in range(len(ordered)):
                 w = ordered[(self._rr_next + i) % len(ordered)]
-                if w.free:
+                if w.free and (w.provides is None or t.requires <= w.provides):
                     self._rr_next = (self._rr_next + i + 1) % len(ordered)
                     return w
             return None
@@ -230,6 +239,7 @@ class Dispatch:
     def _assign(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
         queue = self._queue
+        passed: list[_Task] = []  # tasks whose capabilities no free worker has: later tasks may pass them
         while queue:
             t = queue[0]
             if t.state != "queued":
@@ -237,13 +247,17 @@ class Dispatch:
                 continue
             w = self._pick(t)
             if w is None:
-                break
+                if not t.requires or len(passed) >= 256 or not any(x.free for x in self._workers.values()):
+                    break
+                passed.append(queue.popleft())
+                continue
             queue.popleft()
             self._queued -= 1
             t.state = "leased"
             t.worker = w
             w.running.add(t.party)
             effects.append(Deliver(w.party, t.party))
+        queue.extendleft(reversed(passed))
         return effects
 
     # -- time ----------------------------------------------------------------------------

@@ -46,7 +46,10 @@ async def serve(
     Several profiles: pass their names as a list and ``settings`` as ``{name: {...}}``
     (mount them under prefixes with ``server={"mount": ["overlay=/ov"]}``).
     """
-    server_values = {"host": "127.0.0.1", "port": 0, "http_server": http_server, "shutdown_grace": 1.0, **(server or {})}
+    # No WebTransport unless asked for (``server={"webtransport_port": 0}``), even for a profile
+    # whose original listens on a fixed UDP port (wasimoff's :4443): tests must not clash on it.
+    server_values = {"host": "127.0.0.1", "port": 0, "http_server": http_server, "shutdown_grace": 1.0,
+                     "webtransport_port": None, **(server or {})}
     if isinstance(profile, str):
         config = make_config(profile, server=server_values, settings={profile: dict(settings or {})})
     else:
@@ -259,11 +262,12 @@ def self_signed_certificate(directory: Any, hostname: str = "localhost", days: i
     return cert_path, key_path
 
 
-class WebTransportClient:
-    """A WebTransport session from aioquic, speaking rendezvous's channel framing (for tests).
+class WebTransportSessionClient:
+    """A WebTransport session from aioquic with raw streams (for tests and test peers).
 
-    ``async with wt_connect(url) as wt: await wt.send("x"); await wt.recv()``; ``wt.close_code``
-    is the code of the server's CLOSE_WEBTRANSPORT_SESSION capsule once it closed.
+    ``open_stream()`` opens a bidirectional stream, ``send_stream`` writes to it,
+    ``accept_stream()`` waits for one the server opened, ``receive_stream`` reads (``b""`` at
+    its end). ``close_code`` is the server's CLOSE_WEBTRANSPORT_SESSION code once it closed.
     """
 
     def __init__(self, url: str, verify: bool = False, headers: Mapping[str, str] | None = None,
@@ -277,7 +281,7 @@ class WebTransportClient:
         self.close_code: int | None = None
         self.certificate_sha256: str | None = None
 
-    async def __aenter__(self) -> "WebTransportClient":
+    async def __aenter__(self) -> "WebTransportSessionClient":
         import asyncio
         import hashlib
         import ssl
@@ -288,17 +292,28 @@ class WebTransportClient:
         from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
         from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamDataReceived
         from aioquic.quic.configuration import QuicConfiguration
-        from aioquic.quic.events import ConnectionTerminated
+        from aioquic.quic.events import ConnectionTerminated, StreamDataReceived
 
         from rendezvous.transports.webtransport import CLOSE_WEBTRANSPORT_SESSION, parse_capsules
 
         client = self
         parts = urlsplit(self.url)
-        self._messages: asyncio.Queue = asyncio.Queue()
+        self._streams: dict[int, asyncio.Queue[bytes]] = {}
+        self._incoming: asyncio.Queue[int] = asyncio.Queue()
         self._ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self._closed = asyncio.Event()
-        inbox = bytearray()
         capsules = bytearray()
+
+        def stream_data(stream_id: int, data: bytes, ended: bool) -> None:
+            queue = client._streams.get(stream_id)
+            if queue is None:
+                queue = client._streams[stream_id] = asyncio.Queue()
+                if stream_id & 0x3 == 1:  # server-initiated bidirectional
+                    client._incoming.put_nowait(stream_id)
+            if data:
+                queue.put_nowait(data)
+            if ended:
+                queue.put_nowait(b"")
 
         class Protocol(QuicConnectionProtocol):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -312,24 +327,16 @@ class WebTransportClient:
                         client._ready.set_exception(ConnectionError(event.reason_phrase))
                 for h3_event in self.h3.handle_event(event):
                     if isinstance(h3_event, HeadersReceived) and h3_event.stream_id == client.session_id:
-                        status = dict(h3_event.headers).get(b":status")
-                        chosen = dict(h3_event.headers).get(b"wt-protocol")
-                        if chosen is not None:
-                            client.protocol = chosen.decode().strip('"')
+                        headers = dict(h3_event.headers)
+                        if headers.get(b"wt-protocol") is not None:
+                            client.protocol = headers[b"wt-protocol"].decode().strip('"')
                         if not client._ready.done():
-                            if status == b"200":
+                            if headers.get(b":status") == b"200":
                                 client._ready.set_result(None)
                             else:
-                                client._ready.set_exception(ConnectionError(f"status {status!r}"))
+                                client._ready.set_exception(ConnectionError(f"status {headers.get(b':status')!r}"))
                     elif isinstance(h3_event, WebTransportStreamDataReceived):
-                        inbox.extend(h3_event.data)
-                        while len(inbox) >= 5:
-                            length, kind = struct.unpack_from("!IB", inbox)
-                            if len(inbox) < 5 + length:
-                                break
-                            payload = bytes(inbox[5:5 + length])
-                            del inbox[:5 + length]
-                            client._messages.put_nowait(payload.decode() if kind == 0 else payload)
+                        stream_data(h3_event.stream_id, h3_event.data, h3_event.stream_ended)
                     elif isinstance(h3_event, DataReceived) and h3_event.stream_id == client.session_id:
                         capsules.extend(h3_event.data)
                         for kind, payload in parse_capsules(capsules):
@@ -337,6 +344,11 @@ class WebTransportClient:
                                 client.close_code = struct.unpack("!I", payload[:4])[0]
                         if h3_event.stream_ended:
                             client._closed.set()
+                # A server stream that so far carried only its preamble (aioquic reports none).
+                if isinstance(event, StreamDataReceived) and event.stream_id not in client._streams:
+                    stream = self.h3._stream.get(event.stream_id)
+                    if stream is not None and stream.frame_type == FrameType.WEBTRANSPORT_STREAM:
+                        stream_data(event.stream_id, b"", False)
 
         configuration = QuicConfiguration(alpn_protocols=H3_ALPN, is_client=True, max_datagram_frame_size=65536)
         if not self.verify:
@@ -359,25 +371,41 @@ class WebTransportClient:
             from cryptography.hazmat.primitives import serialization
 
             self.certificate_sha256 = hashlib.sha256(tls._peer_certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
-        self.stream_id = protocol.h3.create_webtransport_stream(self.session_id)
-        # aioquic 1.7.2 does not register a bidirectional WebTransport stream it opens itself
-        # (spec webtransport.md, pitfall 10): without this the replies parse as HTTP/3 frames.
-        with protocol.h3._get_or_create_stream(self.stream_id) as stream:
-            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
-            stream.session_id = self.session_id
-        protocol.transmit()
         return self
 
-    async def send(self, message: str | bytes) -> None:
-        import struct
+    def open_stream(self) -> int:
+        import asyncio
 
-        kind, data = (0, message.encode()) if isinstance(message, str) else (1, message)
-        self._protocol._quic.send_stream_data(self.stream_id, struct.pack("!IB", len(data), kind) + data)
+        from aioquic.h3.connection import FrameType
+
+        protocol = self._protocol
+        stream_id = protocol.h3.create_webtransport_stream(self.session_id)
+        # aioquic 1.7.2 does not register a bidirectional WebTransport stream it opens itself
+        # (spec webtransport.md, pitfall 10): without this the replies parse as HTTP/3 frames.
+        with protocol.h3._get_or_create_stream(stream_id) as stream:
+            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+            stream.session_id = self.session_id
+        self._streams[stream_id] = asyncio.Queue()
+        protocol.transmit()
+        return stream_id
+
+    def send_stream(self, stream_id: int, data: bytes, end: bool = False) -> None:
+        self._protocol._quic.send_stream_data(stream_id, data, end_stream=end)
         self._protocol.transmit()
 
-    async def recv(self, timeout: float = 5.0) -> str | bytes:
+    async def accept_stream(self, timeout: float = 5.0) -> int:
         with anyio.fail_after(timeout):
-            return await self._messages.get()
+            return await self._incoming.get()
+
+    async def receive_stream(self, stream_id: int, timeout: float = 5.0) -> bytes:
+        with anyio.fail_after(timeout):
+            return await self._streams[stream_id].get()
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        from rendezvous.transports.webtransport import close_capsule
+
+        self._protocol.h3.send_data(self.session_id, close_capsule(code, reason), end_stream=True)
+        self._protocol.transmit()
 
     async def wait_closed(self, timeout: float = 5.0) -> int | None:
         with anyio.fail_after(timeout):
@@ -388,6 +416,43 @@ class WebTransportClient:
         await self._cm.__aexit__(*exc)
 
 
+class WebTransportClient(WebTransportSessionClient):
+    """A WebTransport session speaking rendezvous's channel framing (docs/transports.md).
+
+    ``async with wt_connect(url) as wt: await wt.send("x"); await wt.recv()``.
+    """
+
+    async def __aenter__(self) -> "WebTransportClient":
+        await super().__aenter__()
+        self.stream_id = self.open_stream()
+        self._buffer = bytearray()
+        self._messages: list[str | bytes] = []
+        return self
+
+    async def send(self, message: str | bytes) -> None:
+        import struct
+
+        kind, data = (0, message.encode()) if isinstance(message, str) else (1, message)
+        self.send_stream(self.stream_id, struct.pack("!IB", len(data), kind) + data)
+
+    async def recv(self, timeout: float = 5.0) -> str | bytes:
+        import struct
+
+        with anyio.fail_after(timeout):
+            while True:
+                if len(self._buffer) >= 5:
+                    length, kind = struct.unpack_from("!IB", self._buffer)
+                    if len(self._buffer) >= 5 + length:
+                        payload = bytes(self._buffer[5:5 + length])
+                        del self._buffer[:5 + length]
+                        return payload.decode() if kind == 0 else payload
+                chunk = await self._streams[self.stream_id].get()
+                if not chunk and self._streams[self.stream_id].empty():
+                    await anyio.sleep(0.01)
+                self._buffer += chunk
+
+
 def wt_connect(url: str, verify: bool = False, headers: Mapping[str, str] | None = None,
                protocols: Sequence[str] = ()) -> WebTransportClient:
+    """A :class:`WebTransportClient` (channel framing); :class:`WebTransportSessionClient` for raw streams."""
     return WebTransportClient(url, verify, headers, protocols)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
 
 import attrs
 
@@ -163,4 +163,13 @@ class ExchangeRoute:
     too_large_status: int = 400  # Go's MaxBytesReader brokers answer 400; others prefer 413
 
 
-Route = ChannelRoute | ExchangeRoute
+@attrs.frozen
+class SessionRoute:
+    """A WebTransport session handed to ``handler`` whole, streams and all (for protocols that
+    use QUIC streams directly, such as wasimoff's generation A). Only WebTransport carries it."""
+
+    path: str
+    handler: Callable[[Any], Awaitable[None]]
+
+
+Route = ChannelRoute | ExchangeRoute | SessionRoute

@@ -15,6 +15,7 @@ WebTransport here negotiates draft-02 (what Chromium 156 speaks; spec webtranspo
 from __future__ import annotations
 
 import asyncio
+import collections
 import struct
 from typing import Any
 
@@ -24,12 +25,21 @@ from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ProtocolNegotiated, StreamDataReceived, StreamReset
+from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, StreamDataReceived, StreamReset
 
-from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Inbox, header_map
+from rendezvous.transports.base import (
+    ChannelClosed,
+    ChannelRoute,
+    ConnectionInfo,
+    Inbox,
+    SendTimeout,
+    SessionRoute,
+    header_map,
+)
 
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
 TEXT, BINARY = 0, 1
+HIGH_WATER = 256 * 1024  # unacknowledged bytes per stream before a send waits
 
 
 def frame_message(message: str | bytes) -> bytes:
@@ -65,20 +75,40 @@ def offered_protocols(value: str) -> tuple[str, ...]:
     return tuple(p.strip().strip('"') for p in value.split(",") if p.strip().strip('"'))
 
 
-class WebTransportChannel:
-    """One WebTransport session as a message channel."""
+class WebTransportStream:
+    """One bidirectional WebTransport stream of a :class:`WebTransportSession` (raw bytes)."""
 
-    def __init__(self, protocol: "_H3Protocol", session_id: int, info: ConnectionInfo, max_message_size: int) -> None:
+    def __init__(self, session: "WebTransportSession", stream_id: int) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self._inbox = Inbox()
+
+    async def receive(self) -> bytes:
+        """The next bytes the peer sent; ``b""`` once it ended the stream. Raises
+        :class:`ChannelClosed` when the session closes."""
+        return await self._inbox.get()  # type: ignore[return-value]
+
+    async def send(self, data: bytes, timeout: float | None = None) -> None:
+        await self.session._send_stream(self.stream_id, data, timeout)
+
+    def end(self) -> None:
+        self.session._protocol.send_stream(self.stream_id, b"", end=True)
+
+
+class WebTransportSession:
+    """A WebTransport session handed to a :class:`SessionRoute` handler whole: it accepts the
+    streams the peer opens and opens its own (for protocols that use QUIC streams directly)."""
+
+    def __init__(self, protocol: "_H3Protocol", session_id: int, info: ConnectionInfo) -> None:
         self.info = info
         self._protocol = protocol
         self._session_id = session_id
-        self._max = max_message_size
-        self._stream_id: int | None = None
-        self._buffer: bytearray = bytearray()  # stream bytes not yet a whole message
         self._capsules: bytearray = bytearray()
-        self._inbox = Inbox()
-        self._pending_out: list[bytes] = []
+        self._inbox = Inbox()  # for a session: closed state only (peer streams go to _incoming)
         self._accepted = False
+        self._streams: dict[int, WebTransportStream] = {}
+        self._incoming: collections.deque[WebTransportStream] = collections.deque()
+        self._incoming_waiter: asyncio.Future[None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -94,6 +124,79 @@ class WebTransportChannel:
         self._inbox.close(1005)
         self._protocol.respond(self._session_id, status, end=True)
 
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self._inbox.closed:
+            return
+        self._mark_closed(code)
+        if self._accepted:
+            self._protocol.end_session(self._session_id, close_capsule(code, reason))
+
+    async def accept_stream(self) -> WebTransportStream:
+        """The next bidirectional stream the peer opened (announced even before any payload)."""
+        while not self._incoming:
+            self._inbox.raise_if_closed()
+            waiter = self._incoming_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._incoming_waiter = None
+        return self._incoming.popleft()
+
+    def open_stream(self) -> WebTransportStream:
+        """A new server-initiated bidirectional stream (its preamble is sent at once)."""
+        self._inbox.raise_if_closed()
+        stream_id = self._protocol.open_bidi_stream(self._session_id)
+        stream = self._streams[stream_id] = WebTransportStream(self, stream_id)
+        return stream
+
+    async def _send_stream(self, stream_id: int, data: bytes, timeout: float | None) -> None:
+        self._inbox.raise_if_closed()
+        self._protocol.send_stream(stream_id, data)
+        await self._protocol.drain(stream_id, timeout, self._inbox)
+
+    # -- from the protocol ---------------------------------------------------------------
+    def _mark_closed(self, code: int) -> None:
+        self._inbox.close(code)
+        for stream in self._streams.values():
+            stream._inbox.close(code)
+        if self._incoming_waiter is not None and not self._incoming_waiter.done():
+            self._incoming_waiter.set_result(None)
+
+    def _stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if stream_id & 0x3 != 0:  # not a client-initiated bidirectional stream
+                return
+            stream = self._streams[stream_id] = WebTransportStream(self, stream_id)
+            self._incoming.append(stream)
+            if self._incoming_waiter is not None and not self._incoming_waiter.done():
+                self._incoming_waiter.set_result(None)
+        if data:
+            stream._inbox.put(data)
+        if ended:
+            stream._inbox.put(b"")
+
+    def _session_data(self, data: bytes, ended: bool) -> None:
+        self._capsules += data
+        for kind, payload in parse_capsules(self._capsules):
+            if kind == CLOSE_WEBTRANSPORT_SESSION and len(payload) >= 4:
+                self._mark_closed(struct.unpack("!I", payload[:4])[0])
+            # anything else (GREASE capsules, ...) is ignored
+        if ended:
+            self._mark_closed(1005)  # (a close capsule before it already set the code)
+            self._protocol.end_session(self._session_id, b"")
+
+
+class WebTransportChannel(WebTransportSession):
+    """One WebTransport session as a message channel (framed on the client's first bidi stream)."""
+
+    def __init__(self, protocol: "_H3Protocol", session_id: int, info: ConnectionInfo, max_message_size: int) -> None:
+        super().__init__(protocol, session_id, info)
+        self._max = max_message_size
+        self._stream_id: int | None = None
+        self._buffer: bytearray = bytearray()  # stream bytes not yet a whole message
+        self._pending_out: list[bytes] = []
+
     async def receive(self) -> str | bytes:
         return await self._inbox.get()
 
@@ -103,18 +206,7 @@ class WebTransportChannel:
         if self._stream_id is None:
             self._pending_out.append(data)  # before the client opened its stream
             return
-        self._protocol.send_stream(self._stream_id, data)
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self._inbox.closed:
-            return
-        self._mark_closed(code)
-        if self._accepted:
-            self._protocol.end_session(self._session_id, close_capsule(code, reason))
-
-    # -- from the protocol ---------------------------------------------------------------
-    def _mark_closed(self, code: int) -> None:
-        self._inbox.close(code)
+        await self._send_stream(self._stream_id, data, timeout)
 
     def _stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
         if self._stream_id is None:
@@ -148,23 +240,13 @@ class WebTransportChannel:
         if ended:
             self._mark_closed(1005)
 
-    def _session_data(self, data: bytes, ended: bool) -> None:
-        self._capsules += data
-        for kind, payload in parse_capsules(self._capsules):
-            if kind == CLOSE_WEBTRANSPORT_SESSION and len(payload) >= 4:
-                self._mark_closed(struct.unpack("!I", payload[:4])[0])
-            # anything else (GREASE capsules, ...) is ignored
-        if ended:
-            self._mark_closed(1005)  # (a close capsule before it already set the code)
-            self._protocol.end_session(self._session_id, b"")
-
 
 class _H3Protocol(QuicConnectionProtocol):
     def __init__(self, *args: Any, transport: "WebTransportTransport", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.owner = transport
         self.h3: H3Connection | None = None
-        self.sessions: dict[int, WebTransportChannel] = {}
+        self.sessions: dict[int, WebTransportSession] = {}
         self._announced: set[int] = set()  # peer streams already reported
         self.loop = asyncio.get_running_loop()
 
@@ -173,6 +255,10 @@ class _H3Protocol(QuicConnectionProtocol):
             self.h3 = H3Connection(self._quic, enable_webtransport=True)
         if isinstance(event, StreamReset) and event.stream_id in self.sessions:
             self.sessions.pop(event.stream_id)._mark_closed(1006)
+        if isinstance(event, ConnectionTerminated):  # the peer closed the QUIC connection (or it timed out)
+            for channel in self.sessions.values():
+                channel._mark_closed(1006)
+            self.sessions.clear()
         if self.h3 is None:
             return
         for h3_event in self.h3.handle_event(event):
@@ -221,8 +307,8 @@ class _H3Protocol(QuicConnectionProtocol):
 
     def _open_session(self, session_id: int, headers: dict[str, str]) -> None:
         path, _, query = headers.get(":path", "/").partition("?")
-        route = self.owner.app.resolve("channel", path)
-        if not isinstance(route, ChannelRoute) or self.owner.closing:
+        route = self.owner.app.resolve("session", path) or self.owner.app.resolve("channel", path)
+        if not isinstance(route, (ChannelRoute, SessionRoute)) or self.owner.closing:
             self.respond(session_id, 404 if not self.owner.closing else 503, end=True)
             return
         peer = self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
@@ -230,11 +316,14 @@ class _H3Protocol(QuicConnectionProtocol):
         plain.setdefault("host", headers.get(":authority", ""))  # HTTP/3's :authority is HTTP/1.1's Host
         info = ConnectionInfo("webtransport", path, query, plain,
                               peer[0], peer[1], offered_protocols(headers.get("wt-available-protocols", "")))
-        channel = WebTransportChannel(self, session_id, info, route.max_message_size)
+        if isinstance(route, SessionRoute):
+            channel: WebTransportSession = WebTransportSession(self, session_id, info)
+        else:
+            channel = WebTransportChannel(self, session_id, info, route.max_message_size)
         self.sessions[session_id] = channel
         self.owner.spawn(self._run(route, channel))
 
-    async def _run(self, route: ChannelRoute, channel: WebTransportChannel) -> None:
+    async def _run(self, route: ChannelRoute | SessionRoute, channel: WebTransportSession) -> None:
         self.owner.open.add(channel)
         try:
             await route.handler(channel)
@@ -259,12 +348,40 @@ class _H3Protocol(QuicConnectionProtocol):
             return
         self.transmit()
 
-    def send_stream(self, stream_id: int, data: bytes) -> None:
+    def send_stream(self, stream_id: int, data: bytes, end: bool = False) -> None:
         try:
-            self._quic.send_stream_data(stream_id, data)
+            self._quic.send_stream_data(stream_id, data, end_stream=end)
         except Exception:
             return
         self.transmit()
+
+    def open_bidi_stream(self, session_id: int) -> int:
+        assert self.h3 is not None
+        stream_id = self.h3.create_webtransport_stream(session_id, is_unidirectional=False)
+        # aioquic 1.7.2 does not register a bidirectional WebTransport stream it opens itself
+        # (spec webtransport.md, pitfall 10): without this the peer's bytes parse as HTTP/3 frames.
+        with self.h3._get_or_create_stream(stream_id) as stream:
+            stream.frame_type = FrameType.WEBTRANSPORT_STREAM
+            stream.session_id = session_id
+        self._announced.add(stream_id)
+        self.transmit()
+        return stream_id
+
+    def unacked(self, stream_id: int) -> int:
+        stream = self._quic._streams.get(stream_id)
+        return len(stream.sender._buffer) if stream is not None else 0
+
+    async def drain(self, stream_id: int, timeout: float | None, state: Inbox) -> None:
+        """Backpressure: wait while more than ``HIGH_WATER`` bytes on the stream are unacknowledged
+        (a peer that stops reading stops acknowledging). Raises :class:`SendTimeout` after ``timeout``."""
+        if self.unacked(stream_id) <= HIGH_WATER:
+            return
+        deadline = None if timeout is None else self.loop.time() + timeout
+        while self.unacked(stream_id) > HIGH_WATER:
+            state.raise_if_closed()
+            if deadline is not None and self.loop.time() >= deadline:
+                raise SendTimeout()
+            await asyncio.sleep(0.005)
 
     def end_session(self, session_id: int, capsule: bytes) -> None:
         self.sessions.pop(session_id, None)
@@ -285,9 +402,10 @@ class WebTransportTransport:
     def __init__(self, app: Any, certificate: Any) -> None:
         self.app = app
         self.certificate = certificate
-        self.open: set[WebTransportChannel] = set()
+        self.open: set[WebTransportSession] = set()
         self.closing = False
         self._server: Any = None
+        self.port: int | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spawn(self, coro: Any) -> None:
@@ -304,7 +422,8 @@ class WebTransportTransport:
     async def start(self, host: str, port: int) -> int:
         self._server = await serve(host, port, configuration=self._configuration(),
                                    create_protocol=lambda *a, **k: _H3Protocol(*a, transport=self, **k))
-        return self._server._transport.get_extra_info("sockname")[1]
+        self.port = self._server._transport.get_extra_info("sockname")[1]
+        return self.port
 
     def use_certificate(self, certificate: Any) -> None:
         """New sessions get ``certificate``; sessions already open keep theirs."""

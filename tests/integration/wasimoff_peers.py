@@ -105,3 +105,122 @@ async def run_rpc(http, srv, request, timeout=20.0):
     response = schema.Wasip1Response()
     response.ParseFromString(reply.content)
     return reply, response
+
+
+class GenAPeer:
+    """A generation-A provider (spec wasimoff.md §7) over an aioquic WebTransport session:
+    control stream with MessagePack hello/providerinfo/poolinfo, net/rpc-over-MessagePack
+    server on the broker's stream, WASI runs with wasmtime. ``calls`` records what the broker asked."""
+
+    def __init__(self, srv, pool=2, answer_ping="pong"):
+        self.url = srv.webtransport_url + "/transport"
+        self.pool = pool
+        self.answer_ping = answer_ping
+        self.files: dict[str, bytes] = {}
+        self.calls: list[str] = []
+        self.runs: list[dict] = []
+
+    async def __aenter__(self):
+        import contextlib
+
+        import msgpack
+
+        from rendezvous.testing import WebTransportSessionClient
+
+        self._stack = contextlib.AsyncExitStack()
+        self.session = await self._stack.enter_async_context(WebTransportSessionClient(self.url))
+        self.control = self.session.open_stream()  # announced empty, as Chromium does
+        self.rpc = await self.session.accept_stream()  # nothing is sent on control before this (§7.3)
+        self.packb = msgpack.packb
+        self.send_control("hello", {"sent": "2024-02-04T12:00:00.000Z"})
+        self.send_control("providerinfo", {"platform": "Linux x86_64", "useragent": "GenAPeer"})
+        self.send_control("poolinfo", {"nmax": max(2, self.pool), "pool": self.pool})
+        self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+        self._tg.start_soon(self._serve_rpc)
+        return self
+
+    async def __aexit__(self, *exc):
+        self._tg.cancel_scope.cancel()
+        await self._stack.__aexit__(*exc)
+
+    def send_control(self, kind, message):
+        self.session.send_stream(self.control, self.packb({"type": kind, "message": message}))
+
+    async def _serve_rpc(self):
+        import msgpack
+
+        unpacker = msgpack.Unpacker(raw=False)
+        header = None
+        while True:
+            data = await self.session.receive_stream(self.rpc, timeout=3600)
+            if not data:
+                return
+            unpacker.feed(data)
+            for value in unpacker:
+                if header is None:
+                    header = value
+                    continue
+                request, header = header, None
+                self._tg.start_soon(self._answer, request, value)
+
+    async def _answer(self, header, body):
+        method = header["ServiceMethod"]
+        self.calls.append(method)
+        error, result = None, None
+        try:
+            result = await self._call(method, body)
+        except Exception as exc:  # the JS provider sends String(err)
+            error = f"Error: {exc}"
+        reply = {"ServiceMethod": method, "Seq": header["Seq"], "Error": error}
+        self.session.send_stream(self.rpc, self.packb(reply) + self.packb(result))
+
+    async def _call(self, method, body):
+        import hashlib
+
+        if method == "ping":
+            if body != "ping":
+                raise ValueError("expected a 'ping'")
+            return self.answer_ping
+        if method == "fs:list":
+            return [{"filename": n, "hash": hashlib.sha256(d).digest(), "length": len(d), "epoch": 0} for n, d in self.files.items()]
+        if method == "fs:probe":
+            data = self.files.get(body["filename"])
+            return data is not None and len(data) == body["length"] and hashlib.sha256(data).digest() == body["hash"]
+        if method == "fs:upload":
+            self.files[body["filename"]] = body["bytes"]
+            return True
+        if method == "run":
+            return await self._run(body)
+        raise ValueError("unknown method")
+
+    async def _run(self, body):
+        import io
+        import zipfile
+
+        import anyio.to_thread
+
+        from rendezvous_wasimoff.provider import _Slot
+
+        self.runs.append(body)
+        if body["binary"] not in self.files:
+            raise FileNotFoundError("NotFoundError: A requested file or directory could not be found")
+        rootfs = None
+        if body.get("loadfs") or body.get("datafile"):
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as z:
+                for name in body.get("loadfs") or []:
+                    z.writestr(name, self.files[name])
+            rootfs = buffer.getvalue()
+        artifacts = [body["datafile"]] if body.get("datafile") else []
+        argv = [body["binary"], *(body.get("args") or [])]
+        status, stdout, stderr, packed = await anyio.to_thread.run_sync(
+            _Slot().run, body["binary"], self.files[body["binary"]], argv, body.get("envs") or [],
+            (body.get("stdin") or "").encode(), rootfs, artifacts)
+        result = {"exitcode": status, "stdout": stdout.decode(), "stderr": stderr.decode(), "trace": None}
+        if artifacts:
+            with zipfile.ZipFile(io.BytesIO(packed)) as z:
+                if body["datafile"] in z.namelist():
+                    result["datafile"] = z.read(body["datafile"])
+                else:
+                    raise FileNotFoundError(f'requested datafile "{body["datafile"]}" not found!')
+        return result

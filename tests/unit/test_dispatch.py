@@ -140,3 +140,14 @@ def test_retry_delay_matches_the_original_range():
     assert wasimoff_retry_delay(1) == pytest.approx(0.00563, rel=0.01)
     assert wasimoff_retry_delay(10) == pytest.approx(1.0, rel=0.001)
     assert wasimoff_retry_delay(20) == 1.0
+
+
+def test_capabilities_a_task_requires_are_hard_and_others_pass_it():
+    d = Dispatch()
+    d.add_worker(0, "gen-a", "a", provides={"wasip1"})
+    d.set_capacity(0, "gen-a", 1)
+    assert d.submit(0, "py", requires={"pyodide"}) == []  # no worker may take it
+    assert d.submit(0, "w", requires={"wasip1"}) == [Deliver("gen-a", "w")]  # passes the waiting one
+    assert d.queued == 1
+    d.add_worker(0, "gen-c", "c")  # provides everything
+    assert d.set_capacity(0, "gen-c", 1) == [Deliver("gen-c", "py")]
