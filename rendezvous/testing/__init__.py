@@ -435,6 +435,18 @@ class WebTransportClient(WebTransportSessionClient):
         kind, data = (0, message.encode()) if isinstance(message, str) else (1, message)
         self.send_stream(self.stream_id, struct.pack("!IB", len(data), kind) + data)
 
+    def send_datagram(self, message: str | bytes) -> None:
+        """One message as a datagram (``u8 kind | payload``)."""
+        kind, data = (b"\x00", message.encode()) if isinstance(message, str) else (b"\x01", message)
+        self._protocol.h3.send_datagram(self.session_id, kind + data)
+        self._protocol.transmit()
+
+    def send_unidirectional(self, message: str | bytes) -> None:
+        """One message as a unidirectional stream (``u8 kind | payload``, then FIN)."""
+        kind, data = (b"\x00", message.encode()) if isinstance(message, str) else (b"\x01", message)
+        stream_id = self._protocol.h3.create_webtransport_stream(self.session_id, is_unidirectional=True)
+        self.send_stream(stream_id, kind + data, end=True)
+
     async def recv(self, timeout: float = 5.0) -> str | bytes:
         import struct
 

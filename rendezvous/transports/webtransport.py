@@ -4,6 +4,10 @@ A session opened with an extended CONNECT to a channel route's path (``/join``, 
 :class:`rendezvous.transports.base.Channel`. Messages travel on the first bidirectional
 stream the client opens in the session, framed as ``u32 length (big endian) | u8 kind
 (0 text, 1 binary) | payload``; the client opens that stream as soon as the session is ready.
+The client may also send a message as a datagram or as a unidirectional stream (each one is
+``u8 kind | payload``, a uni stream ended by FIN); the server sends on the bidirectional stream.
+Sends wait while more than ``HIGH_WATER`` bytes are unacknowledged (backpressure).
+A :class:`SessionRoute` gets the whole :class:`WebTransportSession` instead (raw streams).
 Closing sends a ``CLOSE_WEBTRANSPORT_SESSION`` capsule carrying the close code (1000, 1009,
 ...) and ends the CONNECT stream. Capsules the peer sends (GREASE, close) are parsed; a close
 capsule ends the channel with the peer's code. Datagrams are not part of the channel.
@@ -23,7 +27,7 @@ import anyio
 from aioquic.asyncio import QuicConnectionProtocol, serve
 from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
 from aioquic.h3.connection import H3_ALPN, FrameType, H3Connection
-from aioquic.h3.events import DataReceived, HeadersReceived, WebTransportStreamDataReceived
+from aioquic.h3.events import DataReceived, DatagramReceived, HeadersReceived, WebTransportStreamDataReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, StreamDataReceived, StreamReset
 
@@ -162,6 +166,9 @@ class WebTransportSession:
         if self._incoming_waiter is not None and not self._incoming_waiter.done():
             self._incoming_waiter.set_result(None)
 
+    def _datagram(self, data: bytes) -> None:
+        pass  # raw sessions: no datagrams used (gen A has none)
+
     def _stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -196,6 +203,7 @@ class WebTransportChannel(WebTransportSession):
         self._stream_id: int | None = None
         self._buffer: bytearray = bytearray()  # stream bytes not yet a whole message
         self._pending_out: list[bytes] = []
+        self._uni: dict[int, bytearray] = {}  # unidirectional streams still arriving
 
     async def receive(self) -> str | bytes:
         return await self._inbox.get()
@@ -208,7 +216,34 @@ class WebTransportChannel(WebTransportSession):
             return
         await self._send_stream(self._stream_id, data, timeout)
 
+    def _one_message(self, data: bytes) -> None:
+        """A whole ``u8 kind | payload`` message (a datagram or a unidirectional stream)."""
+        if not data or data[0] not in (TEXT, BINARY):
+            return  # not a message: dropped (a datagram has no one to tell)
+        if len(data) - 1 > self._max:
+            self._protocol.loop.create_task(self.close(1009, "message too big"))
+            return
+        if data[0] == TEXT:
+            try:
+                self._inbox.put(data[1:].decode("utf-8"))
+            except UnicodeDecodeError:
+                self._protocol.loop.create_task(self.close(1007, "invalid UTF-8"))
+        else:
+            self._inbox.put(data[1:])
+
+    def _datagram(self, data: bytes) -> None:
+        self._one_message(data)
+
     def _stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        if stream_id & 0x2:  # a unidirectional stream from the peer: one message, ended by FIN
+            buffer = self._uni.setdefault(stream_id, bytearray())
+            buffer += data
+            if len(buffer) > self._max + 1:
+                del self._uni[stream_id]
+                self._protocol.loop.create_task(self.close(1009, "message too big"))
+            elif ended:
+                self._one_message(bytes(self._uni.pop(stream_id)))
+            return
         if self._stream_id is None:
             self._stream_id = stream_id
             for pending in self._pending_out:
@@ -304,6 +339,10 @@ class _H3Protocol(QuicConnectionProtocol):
             channel = self.sessions.get(event.stream_id)
             if channel is not None:
                 channel._session_data(event.data, event.stream_ended)
+        elif isinstance(event, DatagramReceived):
+            channel = self.sessions.get(event.stream_id)
+            if channel is not None:
+                channel._datagram(event.data)
 
     def _open_session(self, session_id: int, headers: dict[str, str]) -> None:
         path, _, query = headers.get(":path", "/").partition("?")

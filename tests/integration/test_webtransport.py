@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 
+import anyio
 import pytest
 
 from rendezvous.testing import recv_json, serve, wt_connect, ws_connect
@@ -112,3 +113,38 @@ def test_ephemeral_certificate_meets_chromium_rules():
     assert len(cert.sha256) == 64
     with pytest.raises(ValueError):
         ephemeral_certificate(now, datetime.timedelta(days=14))
+
+
+async def test_messages_as_datagrams_and_unidirectional_streams():
+    async with overlay(max_message_size=1000) as srv:
+        async with ws_connect(srv.ws_url + "/s/webrtc-bootstrap-root") as root, wt_connect(srv.webtransport_url + "/join") as wt:
+            wt.send_datagram('{"via":"datagram"}')
+            assert (await recv_json(root))["via"] == "datagram"
+            wt.send_unidirectional('{"via":"uni"}')
+            assert (await recv_json(root))["via"] == "uni"
+            wt.send_datagram(b"\x07junk")  # not a message: dropped, session kept
+            await wt.send('{"via":"stream"}')
+            assert (await recv_json(root))["via"] == "stream"
+            wt.send_unidirectional("x" * 1001)
+            assert await wt.wait_closed() == 1009
+
+
+async def test_a_peer_that_stops_reading_is_backpressured_then_closed_1008():
+    # The overlay gives a receiver send_timeout to drain; a WebTransport root whose packets are
+    # all lost stops acknowledging, the unacknowledged bytes pass the high-water mark, the send
+    # waits, times out, and the overlay closes that root: everyone else is unaffected.
+    async with overlay(send_timeout=0.5) as srv:
+        runtime = srv.runtimes["overlay"]
+        async with wt_connect(srv.webtransport_url + "/s/webrtc-bootstrap-root") as root:
+            await root.send('"heartbeat"')
+            with anyio.fail_after(5):
+                while not runtime.router.root_connected:
+                    await anyio.sleep(0.01)
+            root._protocol.datagram_received = lambda data, addr: None  # deaf from now on
+            async with ws_connect(srv.ws_url + "/join") as p:
+                big = json.dumps({"blob": "y" * 60000})
+                with anyio.fail_after(20):
+                    while runtime.router.root_connected:
+                        await p.send(big)
+                        await anyio.sleep(0.01)
+            assert srv.metrics.get_sample_value("rendezvous_overlay_dropped_total", {"reason": "slow_receiver"}) >= 1
