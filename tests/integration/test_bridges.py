@@ -230,3 +230,24 @@ async def test_wasimoff_provider_over_long_poll():
         # Without a User-Agent it is refused with the original's 400, before any session exists.
         reply = await http_call(srv.url + "/api/provider/ws", "POST", b"", {"Sec-WebSocket-Protocol": SUBPROTOCOL_JSON})
         assert reply.status == 400 and reply.content == b"no user-agent\n"
+
+
+async def test_wasimoff_client_apis_over_websocket_exchanges():
+    import base64
+
+    from rendezvous_wasimoff.programs import tool_wasm
+    from rendezvous_wasimoff.provider import Provider
+
+    async with serve("wasimoff", {"static_files": None}, http_server="native") as srv:
+        async with anyio.create_task_group() as tg:
+            await tg.start(Provider(srv.url, name="p", workers=1).run)
+            async with ws_connect(srv.ws_url + "/api/storage/upload") as up:
+                reply = await ws_exchange(up, "", body_base64=base64.b64encode(bytes(tool_wasm())).decode(),
+                                          query="name=tool.wasm")
+                assert reply["status"] == 200 and reply["body"].startswith("sha256:")
+            async with ws_connect(srv.ws_url + "/api/client/wasimoff.v1.Tasks/RunWasip1") as rpc:
+                body = json.dumps({"params": {"binary": {"ref": "tool.wasm"}, "args": ["t", "echo", "over", "ws"]}})
+                reply = await ws_exchange(rpc, body, headers={"content-type": "application/json"})
+                assert reply["status"] == 200
+                assert base64.b64decode(json.loads(reply["body"])["ok"]["stdout"]) == b"over ws\n"
+            tg.cancel_scope.cancel()
