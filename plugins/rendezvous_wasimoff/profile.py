@@ -83,7 +83,7 @@ class WasimoffSettings:
 
 class WasimoffProfile:
     name = "wasimoff"
-    summary = "wasimoff broker (gen C): WebAssembly tasks dispatched to providers (WebSocket + protobuf)"
+    summary = "wasimoff broker: WebAssembly tasks dispatched to providers (gen C: WebSocket + protobuf; gen A: WebTransport + MessagePack)"
     settings = WasimoffSettings
     default_port = 4080
     server_env: Mapping[str, Sequence[str]] = {"cert": ("WASIMOFF_HTTP_CERT",), "key": ("WASIMOFF_HTTP_KEY",)}
