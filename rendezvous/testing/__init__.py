@@ -262,6 +262,54 @@ def self_signed_certificate(directory: Any, hostname: str = "localhost", days: i
     return cert_path, key_path
 
 
+async def h3_call(url: str, method: str = "GET", body: bytes = b"", headers: Mapping[str, str] | None = None,
+                  timeout: float = 30.0) -> HttpReply:
+    """One HTTP/3 request (aioquic; certificate not verified), e.g. to the WebTransport listener."""
+    import asyncio
+    import ssl
+    from urllib.parse import urlsplit
+
+    from aioquic.asyncio import QuicConnectionProtocol, connect
+    from aioquic.h3.connection import H3_ALPN, H3Connection
+    from aioquic.h3.events import DataReceived, HeadersReceived
+    from aioquic.quic.configuration import QuicConfiguration
+
+    parts = urlsplit(url)
+    done: asyncio.Future = asyncio.get_running_loop().create_future()
+    reply: dict[str, Any] = {"headers": {}, "body": b""}
+
+    class Protocol(QuicConnectionProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.h3 = H3Connection(self._quic)
+
+        def quic_event_received(self, event: Any) -> None:
+            for h3_event in self.h3.handle_event(event):
+                if isinstance(h3_event, HeadersReceived):
+                    reply["headers"].update({k.decode(): v.decode() for k, v in h3_event.headers})
+                elif isinstance(h3_event, DataReceived):
+                    reply["body"] += h3_event.data
+                if getattr(h3_event, "stream_ended", False) and not done.done():
+                    done.set_result(None)
+
+    configuration = QuicConfiguration(alpn_protocols=H3_ALPN, is_client=True)
+    configuration.verify_mode = ssl.CERT_NONE
+    with anyio.fail_after(timeout):
+        async with connect(parts.hostname, parts.port, configuration=configuration, create_protocol=Protocol) as protocol:
+            stream_id = protocol._quic.get_next_available_stream_id()
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            protocol.h3.send_headers(stream_id, [
+                (b":method", method.encode()), (b":scheme", b"https"), (b":authority", parts.netloc.encode()),
+                (b":path", target.encode()), *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
+            ], end_stream=not body)
+            if body:
+                protocol.h3.send_data(stream_id, body, end_stream=True)
+            protocol.transmit()
+            await done
+    status = int(reply["headers"].pop(":status"))
+    return HttpReply(status, reply["headers"], reply["body"])
+
+
 class WebTransportSessionClient:
     """A WebTransport session from aioquic with raw streams (for tests and test peers).
 

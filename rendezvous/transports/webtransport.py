@@ -12,6 +12,9 @@ Closing sends a ``CLOSE_WEBTRANSPORT_SESSION`` capsule carrying the close code (
 ...) and ends the CONNECT stream. Capsules the peer sends (GREASE, close) are parsed; a close
 capsule ends the channel with the peer's code. Datagrams are not part of the channel.
 
+Plain HTTP/3 requests (not CONNECT) reach the exchange routes, as over HTTP/1.1 (the original
+wasimoff broker serves every route over HTTP/3 too); static files are not served over HTTP/3.
+
 The UDP listener runs in the same event loop as the HTTP server and starts and stops with it.
 WebTransport here negotiates draft-02 (what Chromium 156 speaks; spec webtransport.md).
 """
@@ -35,6 +38,9 @@ from rendezvous.transports.base import (
     ChannelClosed,
     ChannelRoute,
     ConnectionInfo,
+    ExchangeRoute,
+    HttpRequest,
+    HttpResponse,
     Inbox,
     SendTimeout,
     SessionRoute,
@@ -283,6 +289,8 @@ class _H3Protocol(QuicConnectionProtocol):
         self.h3: H3Connection | None = None
         self.sessions: dict[int, WebTransportSession] = {}
         self._announced: set[int] = set()  # peer streams already reported
+        self.requests: dict[int, tuple[ExchangeRoute, dict[str, str], bytearray]] = {}  # HTTP/3 bodies arriving
+        self.exchanges: dict[int, asyncio.Task[Any]] = {}  # HTTP/3 requests being handled
         self.loop = asyncio.get_running_loop()
 
     def quic_event_received(self, event: Any) -> None:
@@ -290,10 +298,17 @@ class _H3Protocol(QuicConnectionProtocol):
             self.h3 = H3Connection(self._quic, enable_webtransport=True)
         if isinstance(event, StreamReset) and event.stream_id in self.sessions:
             self.sessions.pop(event.stream_id)._mark_closed(1006)
+        if isinstance(event, StreamReset):
+            self.requests.pop(event.stream_id, None)
+            task = self.exchanges.pop(event.stream_id, None)
+            if task is not None:
+                task.cancel()  # the client gave up on the request: as an HTTP disconnect
         if isinstance(event, ConnectionTerminated):  # the peer closed the QUIC connection (or it timed out)
             for channel in self.sessions.values():
                 channel._mark_closed(1006)
             self.sessions.clear()
+            for task in self.exchanges.values():
+                task.cancel()
         if self.h3 is None:
             return
         for h3_event in self.h3.handle_event(event):
@@ -329,7 +344,7 @@ class _H3Protocol(QuicConnectionProtocol):
             if headers.get(":method") == "CONNECT" and headers.get(":protocol") == "webtransport":
                 self._open_session(event.stream_id, headers)
             else:
-                self.respond(event.stream_id, 404, end=True)
+                self._begin_request(event.stream_id, headers, event.stream_ended)
         elif isinstance(event, WebTransportStreamDataReceived):
             self._announced.add(event.stream_id)
             channel = self.sessions.get(event.session_id)
@@ -339,10 +354,66 @@ class _H3Protocol(QuicConnectionProtocol):
             channel = self.sessions.get(event.stream_id)
             if channel is not None:
                 channel._session_data(event.data, event.stream_ended)
+            elif event.stream_id in self.requests:
+                self._request_data(event.stream_id, event.data, event.stream_ended)
         elif isinstance(event, DatagramReceived):
             channel = self.sessions.get(event.stream_id)
             if channel is not None:
                 channel._datagram(event.data)
+
+    # -- plain HTTP/3 requests: exchange routes, as over HTTP/1.1 ----------------------------------
+    def _begin_request(self, stream_id: int, headers: dict[str, str], ended: bool) -> None:
+        path, _, query = headers.get(":path", "/").partition("?")
+        route = self.owner.app.resolve("exchange", path)
+        method = headers.get(":method", "GET")
+        if not isinstance(route, ExchangeRoute) or self.owner.closing:
+            self.reply(stream_id, HttpResponse.text(404 if not self.owner.closing else 503, "not found\n"))
+            return
+        if route.methods and method not in route.methods:
+            self.reply(stream_id, HttpResponse.text(405, "method not allowed\n"))
+            return
+        self.requests[stream_id] = (route, headers, bytearray())
+        if ended:
+            self._request_data(stream_id, b"", True)
+
+    def _request_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        route, headers, body = self.requests[stream_id]
+        body += data
+        if len(body) > route.max_body_size:
+            del self.requests[stream_id]
+            self.reply(stream_id, HttpResponse(route.too_large_status))
+            return
+        if not ended:
+            return
+        del self.requests[stream_id]
+        path, _, query = headers.get(":path", "/").partition("?")
+        plain = {k: v for k, v in headers.items() if not k.startswith(":")}
+        plain.setdefault("host", headers.get(":authority", ""))
+        peer = self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
+        request = HttpRequest(headers.get(":method", "GET"), path, query, plain, bytes(body), peer[0])
+        self.owner.spawn(self._exchange(route, stream_id, request))
+
+    async def _exchange(self, route: ExchangeRoute, stream_id: int, request: HttpRequest) -> None:
+        self.exchanges[stream_id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            response = await route.handler(request)
+        finally:
+            self.exchanges.pop(stream_id, None)
+        self.reply(stream_id, response)
+
+    def reply(self, stream_id: int, response: HttpResponse) -> None:
+        if self.h3 is None:
+            return
+        headers = [(b":status", str(response.status).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in response.headers]
+        headers.append((b"content-length", str(len(response.body)).encode()))
+        try:
+            self.h3.send_headers(stream_id, headers, end_stream=not response.body)
+            if response.body:
+                self.h3.send_data(stream_id, response.body, end_stream=True)
+        except Exception:  # the stream is already gone
+            return
+        self.transmit()
 
     def _open_session(self, session_id: int, headers: dict[str, str]) -> None:
         path, _, query = headers.get(":path", "/").partition("?")

@@ -209,3 +209,22 @@ def test_wasimoff_gen_a_env_vars(tmp_path):
         load_config(["wasimoff"], environ={"WASIMOFF_HTTPS": "1"})
     with pytest.raises(ConfigError, match="WASIMOFF_QUIC_LISTEN"):
         load_config(["wasimoff"], environ={"WASIMOFF_QUIC_LISTEN": "nonsense"})
+
+
+async def test_every_http_route_also_answers_over_http3():
+    # As the original: both listeners share one mux, so the API answers on the QUIC port too.
+    from rendezvous.testing import h3_call
+
+    async with broker(max_upload=100_000) as srv:
+        base = srv.webtransport_url
+        reply = await h3_call(base + API + "/healthz")
+        assert (reply.status, reply.content) == (200, b"OK\n")
+        reply = await h3_call(base + API + "/upload", "POST", TOOL)
+        assert reply.status == 400
+        reply = await h3_call(base + "/api/storage/upload?name=t.wasm", "POST", TOOL)
+        assert reply.status == 200 and reply.content.startswith(b"sha256:")
+        assert (await h3_call(base + "/api/storage/t.wasm")).content == TOOL
+        assert (await h3_call(base + "/nowhere")).status == 404
+        assert (await h3_call(base + "/api/storage/upload", "PUT")).status == 405
+        reply = await h3_call(base + "/api/storage/upload", "POST", b"\0asm" + b"x" * 100_000)
+        assert reply.status == 413
