@@ -329,6 +329,7 @@ class GenerationA:
                 refs = [runtime.storage.resolve(n) for n in provider.files]
                 await runtime.execute(runtime.dispatch.add_worker(now, provider, name, [r for r in refs if r], GEN_A_PROVIDES))
                 await runtime.execute(runtime.dispatch.set_capacity(now, provider, provider.capacity))
+                runtime.metrics.workers.labels(name).set(provider.capacity)
                 await runtime.provider_count_changed()
                 await anyio.sleep_forever()
             except (RpcFailed, ChannelClosed, TimeoutError, ValueError) as exc:
