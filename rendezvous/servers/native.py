@@ -201,6 +201,7 @@ class Connection(asyncio.Protocol):
         self.client: tuple[str | None, int | None] = (None, None)
         self.keepalive: asyncio.TimerHandle | None = None
         self.lost = False
+        self.out: list[bytes] | None = None  # written this step, not yet handed to the transport
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -309,7 +310,7 @@ class Connection(asyncio.Protocol):
 
     def _idle_timeout(self) -> None:
         if self.websocket is None and self.task is None and self.transport is not None:
-            self.transport.close()
+            self.close_transport()
 
     def pause(self) -> None:
         if not self.paused and self.transport is not None and not self.lost:
@@ -322,8 +323,26 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:
+        """Queue ``data``; everything written in one event-loop step leaves in one send.
+
+        (Routing three signals to one peer in a step costs one syscall instead of three.)"""
         if self.transport is not None and not self.lost:
-            self.transport.write(data)
+            if self.out is None:
+                self.out = [data]
+                asyncio.get_running_loop().call_soon(self.flush)
+            else:
+                self.out.append(data)
+
+    def flush(self) -> None:
+        out, self.out = self.out, None
+        if out and self.transport is not None and not self.lost:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close_transport(self) -> None:
+        """Close after whatever is queued has been handed to the transport."""
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
 
     def _exchange_route(self, url: bytes) -> ExchangeRoute | None:
         route = self.server.app.resolve("exchange", _split_url(url)[0])
@@ -341,8 +360,7 @@ class Connection(asyncio.Protocol):
 
     def _respond_and_close(self, status: int, body: bytes) -> None:
         self._respond(status, body, (("content-type", "text/plain; charset=utf-8"),), keep_alive=False)
-        if self.transport is not None:
-            self.transport.close()
+        self.close_transport()
 
     # -- HTTP -------------------------------------------------------------------------------
     async def _handle_http(self) -> None:
@@ -352,8 +370,7 @@ class Connection(asyncio.Protocol):
             keep_alive = await self._answer(request) and not self.server.closing
             if not keep_alive:
                 self.requests.clear()
-                if self.transport is not None:
-                    self.transport.close()
+                self.close_transport()
                 break
             self.resume_if_paused()
         self.task = None
@@ -467,8 +484,7 @@ class Connection(asyncio.Protocol):
 
     def close_websocket(self, code: int, reason: str) -> None:
         self.write(_close_frame(code, reason))
-        if self.transport is not None:
-            self.transport.close()
+        self.close_transport()
 
     async def _run_channel(self, route: ChannelRoute, channel: NativeChannel) -> None:
         try:
@@ -596,15 +612,14 @@ class NativeServer:
                 if conn.websocket is not None and not conn.websocket.closed:
                     await conn.websocket.close(1001, "server shutting down")
                 elif conn.task is None and conn.transport is not None:
-                    conn.transport.close()  # idle keep-alive connection
+                    conn.close_transport()  # idle keep-alive connection
             with anyio.move_on_after(options.grace):
                 while state.tasks:
                     await asyncio.sleep(0.05)
             for task in list(state.tasks):
                 task.cancel()
             for conn in list(state.connections):
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.close_transport()
 
 
 server = NativeServer()
