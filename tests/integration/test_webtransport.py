@@ -148,3 +148,19 @@ async def test_a_peer_that_stops_reading_is_backpressured_then_closed_1008():
                         await p.send(big)
                         await anyio.sleep(0.01)
             assert srv.metrics.get_sample_value("rendezvous_overlay_dropped_total", {"reason": "slow_receiver"}) >= 1
+
+
+async def test_abrupt_close_of_the_quic_connection_ends_the_channel():
+    async with overlay() as srv:
+        runtime = srv.runtimes["overlay"]
+        wt = await wt_connect(srv.webtransport_url + "/join").__aenter__()
+        await wt.send("{}")
+        with anyio.fail_after(5):
+            while srv.metrics.get_sample_value("rendezvous_overlay_prospects") != 1:
+                await anyio.sleep(0.01)
+        wt._protocol._quic.close(error_code=0x100)  # CONNECTION_CLOSE, no capsule, no FIN
+        wt._protocol.transmit()
+        with anyio.fail_after(5):
+            while srv.metrics.get_sample_value("rendezvous_overlay_prospects") != 0:
+                await anyio.sleep(0.01)
+        assert runtime.router.root_count == 0
