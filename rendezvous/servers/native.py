@@ -169,7 +169,7 @@ class _Request:
 
 def _split_url(url: bytes) -> tuple[str, str]:
     path, _, query = url.decode("latin-1").partition("?")
-    return unquote(path), query
+    return (unquote(path) if "%" in path else path), query
 
 
 class Connection(asyncio.Protocol):
@@ -452,7 +452,8 @@ class Connection(asyncio.Protocol):
         if route is None or not isinstance(route, ChannelRoute) or self.server.closing:
             self._respond_and_close(403 if not self.server.closing else 503, b"")
             return
-        subprotocols = tuple(p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip())
+        offered = headers.get("sec-websocket-protocol")
+        subprotocols = tuple(p.strip() for p in offered.split(",") if p.strip()) if offered else ()
         info = ConnectionInfo("websocket", path, query, headers, self.client[0], self.client[1], subprotocols)
         self.ws_pending_upgrade = headers["sec-websocket-key"].encode("latin-1")
         channel = NativeChannel(self, info, route.max_message_size)
