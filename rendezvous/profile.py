@@ -37,7 +37,8 @@ class ProfileRuntime(Protocol):
         """Background work (timers); runs until cancelled when the server stops.
 
         A runtime may also have ``async def shutdown()``: called first when the server
-        stops, to answer whatever is waiting (long-polls) instead of cutting it off.
+        stops, to answer whatever is waiting (long-polls) instead of cutting it off; and
+        ``reload()`` (plain or async): called on SIGHUP by ``rendezvous serve``.
         """
 
 

@@ -193,7 +193,7 @@ async def _rotate_certificates(rotation: Any, webtransport: Any) -> None:
 
 async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with running(config) as server:
             log.info("serving", url=server.url, profiles=list(config.profiles), http_server=config.server.http_server)
             if server.webtransport is not None:
@@ -208,6 +208,16 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
             if ready is not None:
                 ready(server)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    # Profiles re-read what their original re-reads on SIGHUP (Snowflake: GeoIP).
+                    for name, runtime in server.runtimes.items():
+                        reload = getattr(runtime, "reload", None)
+                        if reload is not None:
+                            result = reload()
+                            if hasattr(result, "__await__"):
+                                await result
+                    log.info("reloaded", signal="SIGHUP")
+                    continue
                 log.info("shutting down", signal=signal.Signals(signum).name)
                 break
     log.info("stopped")

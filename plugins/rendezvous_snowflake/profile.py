@@ -236,6 +236,18 @@ class SnowflakeRuntime:
 
         return with_cors
 
+    def reload(self) -> None:
+        """SIGHUP, as the Go broker: read the GeoIP files again (a failure keeps the tables in use)."""
+        s = self.settings
+        if s.disable_geoip:
+            return
+        try:
+            self.geoip = GeoIP.load(s.geoipdb, s.geoip6db)
+        except Exception as exc:  # a bad file must not take the broker down
+            self.log.error("geoip reload failed; keeping the loaded tables", error=str(exc))
+            return
+        self.log.info("geoip reloaded", geoipdb=str(s.geoipdb), geoip6db=str(s.geoip6db))
+
     def _country(self, ip: str | None) -> str:
         return self.geoip.country(ip) if self.geoip is not None else UNKNOWN_COUNTRY
 

@@ -229,3 +229,19 @@ def test_several_profiles_on_the_command_line_clash_without_prefixes():
     out = run("serve", "--profile", "overlay", "--profile", "wasimoff", "--profile", "snowflake", "--disable-tls", "--disable-geoip",
               "--host", "127.0.0.1", "--port", "0")
     assert out.returncode == 2 and "two routes claim" in out.stderr and "--mount" in out.stderr
+
+
+def test_sighup_reloads_and_keeps_serving(tmp_path):
+    geoip = tmp_path / "geoip"
+    geoip.write_text("")
+    (tmp_path / "geoip6").write_text("")
+    srv = Serving(["--profile", "snowflake", "--disable-tls", "--geoipdb", str(geoip), "--geoip6db", str(tmp_path / "geoip6"),
+                   "--host", "127.0.0.1", "--port", "0"], env())
+    try:
+        srv.wait_for("serving")
+        srv.proc.send_signal(signal.SIGHUP)
+        assert srv.wait_for("geoip reloaded")["geoipdb"] == str(geoip)
+        assert srv.wait_for("reloaded")["signal"] == "SIGHUP"
+        assert srv.proc.poll() is None  # still serving
+    finally:
+        assert srv.stop() == 0

@@ -574,3 +574,19 @@ async def test_metrics_log_file_is_written_on_the_interval_and_served(http_serve
                 await anyio.sleep(0.05)
         r = await http.get(srv.url + "/metrics")
         assert r.status_code == 200 and "snowflake-stats-end" in r.text and "(0 s)" in r.text
+
+
+async def test_geoip_reload_reads_the_files_again_and_survives_a_bad_one(tmp_path):
+    geoip, geoip6 = tmp_path / "geoip", tmp_path / "geoip6"
+    low, high = int(ipaddress.IPv4Address("129.97.208.0")), int(ipaddress.IPv4Address("129.97.208.255"))
+    geoip.write_text(f"{low},{high},CA\n")
+    geoip6.write_text("")
+    async with broker(disable_geoip=False, geoipdb=str(geoip), geoip6db=str(geoip6)) as srv:
+        runtime = srv.runtimes["snowflake"]
+        assert runtime._country("129.97.208.23") == "CA"
+        geoip.write_text(f"{low},{high},DE\n")
+        runtime.reload()  # what SIGHUP does under `rendezvous serve`
+        assert runtime._country("129.97.208.23") == "DE"
+        geoip.write_text("garbage\n")
+        runtime.reload()  # logged, and the tables in use stay
+        assert runtime._country("129.97.208.23") == "DE"
