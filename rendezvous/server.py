@@ -38,6 +38,7 @@ class RunningServer:
     metrics: Any  # the prometheus CollectorRegistry
     webtransport: Any = None  # the WebTransportTransport, when a webtransport_port is set
     webtransport_url: str | None = None  # https://host:udp-port (append a channel route's path)
+    app: Any = None  # the rendezvous.app.App (routes, transports)
 
     @property
     def ws_url(self) -> str:
@@ -145,7 +146,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
             if rotation is not None:
                 tg.start_soon(_rotate_certificates, rotation, webtransport)
             try:
-                yield RunningServer(url, settings.host, bound_port, config, runtimes, registry, webtransport, webtransport_url)
+                yield RunningServer(url, settings.host, bound_port, config, runtimes, registry, webtransport, webtransport_url, app)
             finally:
                 with anyio.CancelScope(shield=True):
                     for runtime in runtimes.values():

@@ -189,6 +189,8 @@ class Bridges:
     idle_timeout: float = 60.0
     max_queued: int = 1024
     max_in_flight: int = 32
+    max_sessions: int = 100_000  # open long-poll sessions; past this an open gets 503
+    decide_timeout: float = 30.0  # a profile that neither accepts nor refuses a session by then: 504
     name: str = "bridges"
     scope_type: str = "bridges"  # never an ASGI scope: nothing is bound
     sessions: dict[str, LongPollChannel] = attrs.field(factory=dict)
@@ -242,6 +244,8 @@ class Bridges:
     async def _open(self, route: ChannelRoute, request: HttpRequest, query: str) -> HttpResponse:
         if self.closing:
             return HttpResponse.text(503, "shutting down\n")
+        if len(self.sessions) >= self.max_sessions:
+            return HttpResponse.text(503, "too many long-poll sessions\n")
         offered = tuple(p.strip() for p in request.headers.get("sec-websocket-protocol", "").split(",") if p.strip())
         info = ConnectionInfo("http-longpoll", request.path, query, request.headers, request.client_host, None, offered)
         channel = LongPollChannel(secrets.token_urlsafe(24), info, self.max_queued)
@@ -262,7 +266,11 @@ class Bridges:
         if not self._sweeping:
             self._sweeping = True
             self._spawn(self._sweep())
-        return await channel.decided
+        try:
+            return await asyncio.wait_for(asyncio.shield(channel.decided), self.decide_timeout)
+        except asyncio.TimeoutError:
+            channel._close(1011, "not accepted in time")
+            return HttpResponse.text(504, "the session was neither accepted nor refused in time\n")
 
     async def _sweep(self) -> None:
         try:

@@ -251,3 +251,16 @@ async def test_wasimoff_client_apis_over_websocket_exchanges():
                 assert reply["status"] == 200
                 assert base64.b64decode(json.loads(reply["body"])["ok"]["stdout"]) == b"over ws\n"
             tg.cancel_scope.cancel()
+
+
+async def test_long_poll_sessions_are_bounded():
+    from rendezvous.transports.bridges import Bridges
+
+    async with overlay() as srv:
+        bridges = next(t for t in srv.app.transports if isinstance(t, Bridges))
+        bridges.max_sessions = 2
+        first = await LongPoll.open(srv.url + "/join")
+        await LongPoll.open(srv.url + "/join")
+        reply = await http_call(srv.url + "/join", "POST")
+        assert (reply.status, reply.content) == (503, b"too many long-poll sessions\n")
+        await first.close()
