@@ -10,7 +10,7 @@ Sends wait while more than ``HIGH_WATER`` bytes are unacknowledged (backpressure
 A :class:`SessionRoute` gets the whole :class:`WebTransportSession` instead (raw streams).
 Closing sends a ``CLOSE_WEBTRANSPORT_SESSION`` capsule carrying the close code (1000, 1009,
 ...) and ends the CONNECT stream. Capsules the peer sends (GREASE, close) are parsed; a close
-capsule ends the channel with the peer's code. Datagrams are not part of the channel.
+capsule ends the channel with the peer's code.
 
 Plain HTTP/3 requests (not CONNECT) reach the exchange routes, as over HTTP/1.1 (the original
 wasimoff broker serves every route over HTTP/3 too); static files are not served over HTTP/3.
