@@ -41,7 +41,7 @@ class ServerSettings:
     bridges: bool = setting(True, help="also carry channel routes over HTTP long-poll and request/response routes over WebSocket/WebTransport")
     longpoll_wait: float = setting(25.0, help="seconds a long-poll GET for a channel's next message waits", validator=positive)
     longpoll_idle: float = setting(60.0, help="a long-poll channel nobody polls for this many seconds closes (1006)", validator=positive)
-    mount: tuple[str, ...] = setting((), help="serve a profile's routes under a path prefix: NAME=/prefix (comma-separated or repeated)")
+    mount: tuple[str, ...] = setting((), help="where a profile is served: NAME=/prefix, NAME=:PORT (a listener of its own) or NAME=:PORT/prefix (repeatable)")
 
     def __attrs_post_init__(self) -> None:
         if self.log_format not in ("auto", "console", "json"):
@@ -52,22 +52,31 @@ class ServerSettings:
             raise ValueError("webtransport_cert and webtransport_key must be given together")
         if self.port is not None and not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be 0..65535, got {self.port}")
-        self.prefixes()  # checks the format
+        self.mounts()  # checks the format
         for name in ("metrics_path", "healthz_path"):
             value = getattr(self, name)
             if value and not value.startswith("/"):
                 raise ValueError(f"{name}: must start with '/', got {value!r}")
 
 
-    def prefixes(self) -> dict[str, str]:
-        """``mount`` as ``{profile: "/prefix"}`` (no trailing slash)."""
-        out: dict[str, str] = {}
+    def mounts(self) -> dict[str, tuple[int | None, str]]:
+        """``mount`` as ``{profile: (port or None, "/prefix" or "")}``.
+
+        Each item is ``NAME=/prefix`` (on the shared listener), ``NAME=:PORT`` (a listener of its
+        own) or ``NAME=:PORT/prefix``."""
+        out: dict[str, tuple[int | None, str]] = {}
         for item in self.mount:
-            name, sep, prefix = item.partition("=")
-            name, prefix = name.strip(), prefix.strip()
-            if not sep or not name or not prefix.startswith("/"):
-                raise ValueError(f"mount: expected NAME=/prefix, got {item!r}")
-            out[name] = prefix.rstrip("/")
+            name, sep, where = item.partition("=")
+            name, where = name.strip(), where.strip()
+            port: int | None = None
+            if where.startswith(":"):
+                digits, slash, rest = where[1:].partition("/")
+                if not digits.isdigit() or not 0 <= int(digits) <= 65535:
+                    raise ValueError(f"mount: expected NAME=/prefix, NAME=:PORT or NAME=:PORT/prefix, got {item!r}")
+                port, where = int(digits), slash + rest
+            if not sep or not name or (where and not where.startswith("/")) or (port is None and not where):
+                raise ValueError(f"mount: expected NAME=/prefix, NAME=:PORT or NAME=:PORT/prefix, got {item!r}")
+            out[name] = (port, where.rstrip("/"))
         return out
 
 
@@ -186,7 +195,7 @@ def load_config(
     server_values.update(server_from_profiles)
     server_values.update(server_overrides or {})
     server = build(ServerSettings, server_values, "server")
-    for mounted in server.prefixes():
+    for mounted in server.mounts():
         if mounted not in profiles:
             raise ConfigError(f"server.mount: {mounted!r} is not one of the profiles served ({', '.join(profiles)})")
     for name, profile in loaded.items():

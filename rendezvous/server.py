@@ -38,7 +38,8 @@ class RunningServer:
     metrics: Any  # the prometheus CollectorRegistry
     webtransport: Any = None  # the WebTransportTransport, when a webtransport_port is set
     webtransport_url: str | None = None  # https://host:udp-port (append a channel route's path)
-    app: Any = None  # the rendezvous.app.App (routes, transports)
+    app: Any = None  # the rendezvous.app.App of the main listener (routes, transports)
+    urls: Mapping[str, str] = attrs.field(factory=dict)  # profile -> where it is served (listener URL + prefix)
 
     @property
     def ws_url(self) -> str:
@@ -66,11 +67,40 @@ def _connectable(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+@attrs.define
+class _Listener:
+    """One TCP listener and the app behind it: the shared one, or a profile's own (``NAME=:PORT``)."""
+
+    port: int | None  # as mounted; None: the server's port
+    profiles: list[str] = attrs.field(factory=list)
+    routes: list[tuple[str, Any]] = attrs.field(factory=list)
+    static_dirs: list[Any] = attrs.field(factory=list)
+    default_port: int | None = None
+    app: Any = None
+    sockets: list[socket.socket] = attrs.field(factory=list)
+    url: str = ""
+    done: Any = None
+
+
+class _Apps:
+    """Route lookup across every listener's app (the WebTransport listener serves them all)."""
+
+    def __init__(self, apps: Sequence[App]) -> None:
+        self.apps = list(apps)
+
+    def resolve(self, kind: str, path: str) -> Any:
+        for app in self.apps:
+            route = app.resolve(kind, path)
+            if route is not None:
+                return route
+        return None
+
+
 @contextlib.asynccontextmanager
 async def running(config: Config, *, clock: Callable[[], float] = time.monotonic) -> AsyncIterator[RunningServer]:
-    """Start every configured profile and the HTTP server; stop them all on exit.
+    """Start every configured profile and the HTTP server(s); stop them all on exit.
 
-    On exit, open channels are closed with 1001 (going away), the HTTP server is asked to
+    On exit, open channels are closed with 1001 (going away), the HTTP servers are asked to
     stop, and anything still running after the grace period is cancelled.
     """
     settings = config.server
@@ -80,16 +110,20 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         rlog.configure(unsafe_logging=settings.unsafe_logging, log_format=settings.log_format, level=settings.log_level)
     registry = new_registry()
     transports = [ep.load()() for ep in plugins.available(plugins.TRANSPORTS).values()]
-    routes: list[tuple[str, Any]] = []
     runtimes: dict[str, Any] = {}
-    static_dirs = []
     late: dict[str, Any] = {}  # what starts after the profiles are created
-    default_port = None
-    prefixes = settings.prefixes()
+    mounts = settings.mounts()
     several = len(config.profiles) > 1
+    shared = _Listener(None)
+    own: dict[int, _Listener] = {}
+    listener_of: dict[str, _Listener] = {}
     for name, profile_settings in config.profiles.items():
         profile = plugins.load_profile(name)
-        default_port = default_port if default_port is not None else profile.default_port
+        port, prefix = mounts.get(name, (None, ""))
+        listener = shared if port is None else own.setdefault(port, _Listener(port))
+        listener.profiles.append(name)
+        listener.default_port = listener.default_port if listener.default_port is not None else profile.default_port
+        listener_of[name] = listener
         # With several profiles each gets a registry of its own, shown on /metrics labelled by profile.
         profile_registry = new_registry() if several else registry
         if several:
@@ -98,55 +132,62 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                                  lambda: late.get("webtransport"))
         runtime = profile.create(context)
         runtimes[name] = runtime
-        routes.extend((prefixes.get(name, ""), route) for route in runtime.routes)
+        listener.routes.extend((prefix, route) for route in runtime.routes)
         if runtime.static_dir is not None:
-            static_dirs.append(runtime.static_dir)
+            listener.static_dirs.append(runtime.static_dir)
+    listeners = ([shared] if shared.profiles or not own else []) + list(own.values())
+    main = listeners[0]
     if settings.metrics_path:
-        routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
+        main.routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
     if settings.healthz_path:
-        routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
-    try:
-        app = App(routes, transports, static_dirs, Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None)
-    except DuplicateRoute as exc:
-        raise ConfigError(f"{exc}: serve the profiles under different prefixes (--mount NAME=/prefix)") from None
-
-    port = settings.port if settings.port is not None else (default_port or 8000)
-    try:
-        sockets = bind_sockets(settings.host, port)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
-    bound_port = sockets[0].getsockname()[1]
+        main.routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
     scheme = "https" if settings.cert else "http"
-    url = f"{scheme}://{_connectable(settings.host)}:{bound_port}"
-    http_server = plugins.load(plugins.SERVERS, settings.http_server)
-    options = ServeOptions(
-        max_message_size=app.max_message_size, grace=settings.shutdown_grace, certfile=settings.cert, keyfile=settings.key
-    )
-    shutdown = anyio.Event()
-    server_done = anyio.Event()
-    webtransport, webtransport_url, rotation = None, None, None
-    if settings.webtransport_port is not None:
-        webtransport, rotation = _webtransport(app, settings)
-        wt_port = await webtransport.start(settings.host if settings.host not in ("0.0.0.0", "") else "::", settings.webtransport_port)
-        webtransport_url = f"https://{_connectable(settings.host)}:{wt_port}"
-        late["webtransport"] = webtransport
-        app.transports.append(webtransport)
-
-    async def run_http() -> None:
-        try:
-            await http_server.serve(app, sockets, options, shutdown)
-        finally:
-            server_done.set()
-
     try:
+        for listener in listeners:
+            bridges = Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None
+            try:
+                listener.app = App(listener.routes, transports, listener.static_dirs, bridges)
+            except DuplicateRoute as exc:
+                raise ConfigError(f"{exc}: serve the profiles under different prefixes or ports "
+                                  "(--mount NAME=/prefix or NAME=:PORT)") from None
+            port = listener.port if listener.port is not None else (
+                settings.port if settings.port is not None else (listener.default_port or 8000))
+            try:
+                listener.sockets = bind_sockets(settings.host, port)
+            except OSError as exc:
+                raise ConfigError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
+            listener.url = f"{scheme}://{_connectable(settings.host)}:{listener.sockets[0].getsockname()[1]}"
+            listener.done = anyio.Event()
+        http_server = plugins.load(plugins.SERVERS, settings.http_server)
+        shutdown = anyio.Event()
+        apps = [listener.app for listener in listeners]
+        webtransport, webtransport_url, rotation = None, None, None
+        if settings.webtransport_port is not None:
+            webtransport, rotation = _webtransport(_Apps(apps), settings)
+            wt_host = settings.host if settings.host not in ("0.0.0.0", "") else "::"
+            wt_port = await webtransport.start(wt_host, settings.webtransport_port)
+            webtransport_url = f"https://{_connectable(settings.host)}:{wt_port}"
+            late["webtransport"] = webtransport
+
+        async def run_http(listener: _Listener) -> None:
+            options = ServeOptions(max_message_size=listener.app.max_message_size, grace=settings.shutdown_grace,
+                                   certfile=settings.cert, keyfile=settings.key)
+            try:
+                await http_server.serve(listener.app, listener.sockets, options, shutdown)
+            finally:
+                listener.done.set()
+
+        urls = {name: listener_of[name].url + mounts.get(name, (None, ""))[1] for name in runtimes}
         async with anyio.create_task_group() as tg:
             for runtime in runtimes.values():
                 tg.start_soon(runtime.run)
-            tg.start_soon(run_http)
+            for listener in listeners:
+                tg.start_soon(run_http, listener)
             if rotation is not None:
                 tg.start_soon(_rotate_certificates, rotation, webtransport)
             try:
-                yield RunningServer(url, settings.host, bound_port, config, runtimes, registry, webtransport, webtransport_url, app)
+                yield RunningServer(main.url, settings.host, main.sockets[0].getsockname()[1], config, runtimes, registry,
+                                    webtransport, webtransport_url, main.app, urls)
             finally:
                 with anyio.CancelScope(shield=True):
                     for runtime in runtimes.values():
@@ -154,18 +195,23 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                         stop = getattr(runtime, "shutdown", None)
                         if stop is not None:
                             await stop()
-                    for transport in app.transports:
+                    unique = {id(t): t for app in apps for t in app.transports}
+                    if webtransport is not None:
+                        unique[id(webtransport)] = webtransport
+                    for transport in unique.values():
                         await transport.shutdown(1001)
                     shutdown.set()
                     with anyio.move_on_after(settings.shutdown_grace + 1):
-                        await server_done.wait()
+                        for listener in listeners:
+                            await listener.done.wait()
                 tg.cancel_scope.cancel()
     finally:
-        for sock in sockets:
-            sock.close()
+        for listener in listeners:
+            for sock in listener.sockets:
+                sock.close()
 
 
-def _webtransport(app: App, settings: Any) -> tuple[Any, Any]:
+def _webtransport(app: Any, settings: Any) -> tuple[Any, Any]:
     import datetime
 
     from rendezvous.tls import CertificateRotation, certificate_from_files
@@ -200,11 +246,10 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
             if server.webtransport is not None:
                 log.info("webtransport", url=server.webtransport_url, sha256=server.webtransport.certificate.sha256,
                          ephemeral=server.webtransport.certificate.ephemeral)
-            prefixes = config.server.prefixes()
             for name, runtime in server.runtimes.items():
                 describe = getattr(runtime, "describe", None)
                 if describe is not None:
-                    for event, fields in describe(server.url + prefixes.get(name, "")):
+                    for event, fields in describe(server.urls.get(name, server.url)):
                         log.info(event, profile=name, **fields)
             if ready is not None:
                 ready(server)

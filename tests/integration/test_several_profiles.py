@@ -72,7 +72,7 @@ async def test_two_profiles_without_clashes_share_the_root():
 def test_mount_must_name_a_served_profile():
     with pytest.raises(ConfigError, match="server.mount: 'snowflake' is not one of the profiles served"):
         load_config(["overlay"], environ={"RENDEZVOUS_MOUNT": "snowflake=/sf"})
-    with pytest.raises(ConfigError, match="expected NAME=/prefix"):
+    with pytest.raises(ConfigError, match="expected NAME=/prefix, NAME=:PORT"):
         load_config(["overlay"], environ={"RENDEZVOUS_MOUNT": "overlay"})
 
 
@@ -84,3 +84,30 @@ def test_profile_defaults_for_server_settings_rank_below_the_server_table():
     config = load_config(["snowflake"], environ={"RENDEZVOUS_PORT": "9000", "RENDEZVOUS_SNOWFLAKE_DISABLE_TLS": "1",
                                                   "RENDEZVOUS_SNOWFLAKE_ADDR": ":8443"})
     assert config.server.port == 8443
+
+
+async def test_a_profile_on_a_listener_of_its_own():
+    # Snowflake keeps its own port (as the Go broker would have), the others share one; no prefixes needed.
+    async with three(mount=["snowflake=:0", "wasimoff=/wm"]) as srv:
+        snowflake_url, overlay_url = srv.urls["snowflake"], srv.urls["overlay"]
+        assert snowflake_url != overlay_url and srv.urls["wasimoff"] == overlay_url + "/wm"
+        reply = await http_call(snowflake_url + "/proxy", "POST",
+                                json.dumps({"Sid": "y", "Version": "1.3", "Type": "standalone"}).encode())
+        assert reply.status == 200 and json.loads(reply.content)["Status"] == "no match"
+        assert (await http_call(overlay_url + "/proxy", "POST", b"{}")).status == 404
+        assert (await http_call(snowflake_url + "/wm/healthz")).status == 404
+        async with ws_connect(f"{srv.ws_url}/{SECRET}/webrtc-bootstrap-root"):
+            pass
+        # /metrics lives on the main listener and covers every profile.
+        text = (await http_call(srv.url + "/metrics")).content.decode()
+        assert 'profile="snowflake"' in text and 'profile="overlay"' in text
+
+
+def test_mount_syntax():
+    from rendezvous.config import ServerSettings
+
+    settings = ServerSettings(mount=("a=/x/", "b=:8443", "c=:9000/y"))
+    assert settings.mounts() == {"a": (None, "/x"), "b": (8443, ""), "c": (9000, "/y")}
+    for bad in ("a", "a=x", "a=:", "a=:99999", "a=:12x"):
+        with pytest.raises(ValueError, match="expected NAME=/prefix, NAME=:PORT"):
+            ServerSettings(mount=(bad,))
