@@ -350,7 +350,7 @@ class GenerationA:
         try:
             assert provider.rpc is not None
             await provider.rpc.read_forever()
-        except (ValueError, msgpack.UnpackException, msgpack.ExtraData) as exc:
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
             self.runtime.log.info("bad rpc stream from provider", provider=provider.name, error=str(exc)[:200])
             await provider.session.close(1007, "bad rpc stream")
         finally:
@@ -368,7 +368,7 @@ class GenerationA:
                     await self._on_control(provider, value)
         except ChannelClosed:
             pass
-        except (ValueError, msgpack.UnpackException, msgpack.ExtraData, msgpack.BufferFull) as exc:
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
             self.runtime.log.info("bad control stream from provider", provider=provider.name, error=str(exc)[:200])
             await provider.session.close(1007, "bad control stream")
         finally:

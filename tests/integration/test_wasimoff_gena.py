@@ -228,3 +228,21 @@ async def test_every_http_route_also_answers_over_http3():
         assert (await h3_call(base + "/api/storage/upload", "PUT")).status == 405
         reply = await h3_call(base + "/api/storage/upload", "POST", b"\0asm" + b"x" * 100_000)
         assert reply.status == 413
+
+
+async def test_hostile_rpc_answers_close_only_that_session():
+    async with broker(listing_timeout=2) as srv:
+        runtime = srv.runtimes["wasimoff"]
+        for garbage in (msgpack.packb({(1, 2): 1}, use_bin_type=True),  # an unhashable map key
+                        msgpack.packb({"Seq": [1], "Error": None}) + msgpack.packb("pong"),  # an unhashable Seq
+                        b"\xc1\xc1"):
+            async with WebTransportSessionClient(srv.webtransport_url + "/transport") as wt:
+                wt.open_stream()
+                rpc = await wt.accept_stream()
+                await wt.receive_stream(rpc)  # the broker's ping
+                wt.send_stream(rpc, garbage)
+                assert await wt.wait_closed() == 1007
+        assert not runtime.gen_a.providers
+        async with GenAPeer(srv) as peer:  # and the next provider is served
+            await wait_for(lambda: runtime.gen_a.providers)
+            assert peer.calls[:2] == ["ping", "fs:list"]
