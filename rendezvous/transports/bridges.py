@@ -299,7 +299,7 @@ class Bridges:
                         return
                     try:
                         envelope = json.loads(message)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         envelope = None
                     if not isinstance(envelope, dict):
                         await channel.close(1007, "a request is a JSON object")

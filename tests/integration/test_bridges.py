@@ -175,6 +175,9 @@ async def test_snowflake_over_webtransport_and_bad_envelopes():
             await ws.send("not json")
             assert await closed_code(ws) == 1007
         async with ws_connect(srv.ws_url + "/proxy") as ws:
+            await ws.send("[" * 100_000)  # nesting deeper than the decoder's recursion limit
+            assert await closed_code(ws) == 1007
+        async with ws_connect(srv.ws_url + "/proxy") as ws:
             await ws.send(b"\x00")
             assert await closed_code(ws) == 1003
 
