@@ -208,7 +208,7 @@ class GenerationA:
         try:
             config = json.loads(request.body)
             tasks = self._validate(config)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:
             return HttpResponse(400, f"failed to validate run configuration: {exc}\n".encode(), self._headers(TEXT))
         if not self.runtime.provider_count():
             return HttpResponse(503, b"provider store is empty\n", self._headers(TEXT))

@@ -74,8 +74,9 @@ async def test_client_api_errors_without_providers():
                     {"bin": "tool.wasm", "trace": True, "exec": [{"args": ["a"]}, {"args": ["b"]}]}):
             reply = await run(srv, bad)
             assert reply.status == 400 and reply.content.startswith(b"failed to validate run configuration"), bad
-        reply = await http_call(srv.url + API + "/run", "POST", b"{nope", JSON)
-        assert reply.status == 400
+        for body in (b"{nope", b"[" * 100_000, b"\xff\xfe"):
+            reply = await http_call(srv.url + API + "/run", "POST", body, JSON)
+            assert reply.status == 400 and reply.content.startswith(b"failed to validate run configuration")
 
 
 async def test_gen_a_provider_connects_gets_files_and_runs_tasks():
