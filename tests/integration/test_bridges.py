@@ -267,3 +267,26 @@ async def test_long_poll_sessions_are_bounded():
         reply = await http_call(srv.url + "/join", "POST")
         assert (reply.status, reply.content) == (503, b"too many long-poll sessions\n")
         await first.close()
+
+
+async def test_wasimoff_client_socket_over_webtransport():
+    from rendezvous_wasimoff import schema
+    from rendezvous_wasimoff.codec import SUBPROTOCOL_PROTOBUF, Codec, pack, unpack
+    from rendezvous_wasimoff.programs import tool_wasm
+    from rendezvous_wasimoff.provider import Provider
+
+    async with serve("wasimoff", {"static_files": None}, http_server="native", server=WT) as srv:
+        await http_call(srv.url + "/api/storage/upload?name=tool.wasm", "POST", bytes(tool_wasm()))
+        codec = Codec(SUBPROTOCOL_PROTOBUF)
+        async with anyio.create_task_group() as tg:
+            await tg.start(Provider(srv.url, name="p", workers=1).run)
+            async with wt_connect(srv.webtransport_url + "/api/client/ws", protocols=[SUBPROTOCOL_PROTOBUF]) as client:
+                request = schema.Wasip1Request()
+                request.params.binary.ref = "tool.wasm"
+                request.params.args.extend(["tool.wasm", "echo", "client", "over", "wt"])
+                envelope = schema.Envelope(sequence=5, type=schema.REQUEST)
+                pack(envelope, request)
+                await client.send(codec.encode(envelope))
+                reply = codec.decode(await client.recv(20))
+                assert reply.sequence == 5 and unpack(reply).ok.stdout == b"client over wt\n"
+            tg.cancel_scope.cancel()
