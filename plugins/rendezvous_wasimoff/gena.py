@@ -118,6 +118,19 @@ class GenAProvider:
         self.files[name] = digest
 
 
+def go_json(value: Any) -> bytes:
+    """What Go's ``json.NewEncoder(w).Encode`` writes: compact, ``<>&`` and U+2028/9 escaped, a newline."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text.encode() + b"\n"
+
+
+def trace_event(label: str) -> dict[str, Any]:
+    """One gen-A trace event: unix microseconds and a label."""
+    return {"time": time.time_ns() // 1000, "label": label}
+
+
 def _zip(files: dict[str, bytes]) -> bytes:
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
@@ -199,29 +212,35 @@ class GenerationA:
             except (RpcFailed, ChannelClosed) as exc:
                 results[provider.name] = str(exc) or type(exc).__name__
         if any(v != "OK" for v in results.values()):
-            return HttpResponse(500, json.dumps(results).encode(), self._headers(JSON))
+            return HttpResponse(500, go_json(results), self._headers(JSON))
         return HttpResponse(200, f"Upload OK, {len(request.body)} bytes".encode(), self._headers(TEXT))
 
     async def run(self, request: HttpRequest) -> HttpResponse:
+        trace = [trace_event("broker: request received")]
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return HttpResponse(400, b"expected content-type application/json\n", self._headers(TEXT))
+            return HttpResponse(400, b"no config parsers besides JSON are implemented yet\n", self._headers(TEXT))
         try:
             config = json.loads(request.body)
             tasks = self._validate(config)
         except (ValueError, RecursionError) as exc:
             return HttpResponse(400, f"failed to validate run configuration: {exc}\n".encode(), self._headers(TEXT))
+        if config.get("trace") is True:
+            if len(tasks) != 1:
+                return HttpResponse(400, b"trace is only supported for a single task\n", self._headers(TEXT))
+            trace.append(trace_event("broker: configuration decoded"))
         if not self.runtime.provider_count():
             return HttpResponse(503, b"provider store is empty\n", self._headers(TEXT))
         run_id = str(uuid.uuid4())
         results: list[dict[str, Any] | None] = [None] * len(tasks)
 
         async def one(index: int, entry: dict[str, Any]) -> None:
-            results[index] = await self._run_one(f"{run_id}/{index:04d}", config, entry, request.client_host)
+            results[index] = await self._run_one(f"{run_id}/{index:04d}", config, entry, request.client_host,
+                                                 trace if config.get("trace") is True else None)
 
         async with anyio.create_task_group() as tg:
             for index, entry in enumerate(tasks):
                 tg.start_soon(one, index, entry)
-        return HttpResponse(200, json.dumps(results).encode(), self._headers(JSON))
+        return HttpResponse(200, go_json(results), self._headers(JSON))
 
     @staticmethod
     def _validate(config: Any) -> list[dict[str, Any]]:
@@ -247,12 +266,14 @@ class GenerationA:
             for key in ("stdin", "datafile"):
                 if entry.get(key) is not None and not isinstance(entry[key], str):
                     raise ValueError(f"exec.{key}: a string")
-        if config.get("trace") and len(entries) > 1:
-            raise ValueError("trace can only be used with a single exec entry")
+        if not isinstance(config.get("trace", False), bool):
+            raise ValueError("trace: true or false")
         return entries
 
-    async def _run_one(self, task_id: str, config: dict[str, Any], entry: dict[str, Any], client: str | None) -> dict[str, Any]:
-        """One exec entry as a gen-C task; its result in gen-A's shape."""
+    async def _run_one(self, task_id: str, config: dict[str, Any], entry: dict[str, Any], client: str | None,
+                       trace: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """One exec entry as a gen-C task; its result in gen-A's shape (with the trace, if asked:
+        the broker's events and, from a gen-A provider, the provider's, as the original concatenates them)."""
         storage = self.runtime.storage
         request = schema.Wasip1Request()
         params = request.params
@@ -274,7 +295,9 @@ class GenerationA:
         if datafile:
             params.artifacts.append(datafile)
         request.info.reference = task_id
-        self.extras[task_id] = {"loadfs": loadfs, "datafile": datafile}
+        self.extras[task_id] = {"loadfs": loadfs, "datafile": datafile, "trace": trace}
+        if trace is not None:
+            trace.append(trace_event("broker: task queued"))
         try:
             result = await self.runtime.submit(request, "wasip1", client, gen_a=task_id)
         except Exception as exc:  # RpcError from submit: queue full, unknown binary, all attempts failed
@@ -290,6 +313,10 @@ class GenerationA:
             data = _unzip_one(ok.artifacts.blob, datafile)
             if data is not None:
                 item["datafile"] = base64.b64encode(data).decode()
+        if trace is not None:
+            if not any(e["label"] == "broker: task rpc completed" for e in trace):
+                trace.append(trace_event("broker: task rpc completed"))  # (run by a gen-C provider)
+            item["trace"] = list(trace)
         return {"result": item}
 
     # -- providers -------------------------------------------------------------------------------
@@ -396,9 +423,12 @@ class GenerationA:
         """Run ``task`` (a TaskHandle) on a gen-A provider with ``run``; feed the result back."""
         runtime = self.runtime
         params = task.request.params
+        trace = self.extras.get(task.request.info.reference, {}).get("trace")
         try:
             body = await self._run_body(provider, task.id, task.request)
             assert provider.rpc is not None
+            if trace is not None:
+                trace.append(trace_event("broker: task scheduled"))
             reply = await provider.rpc.call("run", body)
         except RpcFailed as exc:
             response = schema.Wasip1Response(error=str(exc))
@@ -409,6 +439,12 @@ class GenerationA:
             return
         else:
             response = schema.Wasip1Response()
+            if trace is not None:
+                done = trace_event("broker: task rpc completed")
+                for event in (reply.get("trace") if isinstance(reply, dict) else None) or []:
+                    if isinstance(event, dict) and isinstance(event.get("label"), str):
+                        trace.append({"time": event.get("time"), "label": "provider: " + event["label"]})
+                trace.append(done)
             if not isinstance(reply, dict):
                 response.error = "malformed run result from provider"
             else:
@@ -457,4 +493,6 @@ class GenerationA:
             body["loadfs"] = loadfs
         if extras.get("datafile"):
             body["datafile"] = extras["datafile"]
+        if extras.get("trace") is not None:
+            body["trace"] = True
         return body

@@ -69,9 +69,10 @@ async def test_client_api_errors_without_providers():
         assert (reply.status, reply.content) == (503, b"provider store is empty\n")
         reply = await http_call(srv.url + API + "/run", "POST", json.dumps(good).encode(), {"Content-Type": "text/plain"})
         assert reply.status == 400
+        reply = await run(srv, {"bin": "tool.wasm", "trace": True, "exec": [{"args": ["a"]}, {"args": ["b"]}]})
+        assert (reply.status, reply.content) == (400, b"trace is only supported for a single task\n")
         for bad in ({"exec": [{"args": ["x"]}]}, {"bin": "tool.wasm", "exec": []}, {"bin": "tool.wasm", "exec": [{}]},
-                    {"bin": "tool.wasm", "exec": [{"envs": ["NOEQUALS"]}]}, [], "null",
-                    {"bin": "tool.wasm", "trace": True, "exec": [{"args": ["a"]}, {"args": ["b"]}]}):
+                    {"bin": "tool.wasm", "exec": [{"envs": ["NOEQUALS"]}]}, [], "null"):
             reply = await run(srv, bad)
             assert reply.status == 400 and reply.content.startswith(b"failed to validate run configuration"), bad
         for body in (b"{nope", b"[" * 100_000, b"\xff\xfe"):
@@ -106,6 +107,15 @@ async def test_gen_a_provider_connects_gets_files_and_runs_tasks():
             # A file the program does not write: the provider's error is the item's error.
             reply = await run(srv, {"bin": "tool.wasm", "exec": [{"args": ["echo"], "datafile": "out.txt"}]})
             assert json.loads(reply.content) == [{"error": 'Error: requested datafile "out.txt" not found!'}]
+            # A traced task: the broker's events around the provider's, as the original concatenates them.
+            reply = await run(srv, {"bin": "tool.wasm", "trace": True, "exec": [{"args": ["echo", "t"]}]})
+            assert reply.content.endswith(b"\n") and b'"result":{"status":0' in reply.content  # Go's compact encoding
+            traced = json.loads(reply.content)[0]["result"]
+            assert [e["label"] for e in traced["trace"]] == [
+                "broker: request received", "broker: configuration decoded", "broker: task queued",
+                "broker: task scheduled", "provider: worker: start", "provider: worker: done",
+                "broker: task rpc completed"]
+            assert peer.runs[-1]["trace"] is True
             # Later uploads are pushed to connected providers.
             reply = await http_call(srv.url + API + "/upload?name=data.txt", "POST", b"some data")
             assert (reply.status, reply.content) == (200, b"Upload OK, 9 bytes")

