@@ -350,27 +350,16 @@ class GenerationA:
                     found = runtime.storage.get(stored_name)
                     if found is not None:
                         await provider.ensure(stored_name, found[0])
-                self.providers[provider] = None
-                runtime.log.info("provider connected", provider=name, generation="A", providers=runtime.provider_count())
-                now = runtime.clock()
-                refs = [runtime.storage.resolve(n) for n in provider.files]
-                await runtime.execute(runtime.dispatch.add_worker(now, provider, name, [r for r in refs if r], GEN_A_PROVIDES))
-                await runtime.execute(runtime.dispatch.set_capacity(now, provider, provider.capacity))
-                runtime.metrics.workers.labels(name).set(provider.capacity)
-                await runtime.provider_count_changed()
+                refs = [r for r in (runtime.storage.resolve(n) for n in provider.files) if r]
+                await runtime.admit_provider(provider, name, self.providers, refs, provider.capacity, GEN_A_PROVIDES,
+                                             generation="A")
                 await anyio.sleep_forever()
             except (RpcFailed, ChannelClosed, TimeoutError, ValueError) as exc:
                 runtime.log.info("provider failed to register", provider=name, generation="A", error=str(exc)[:200])
             finally:
                 with anyio.CancelScope(shield=True):
                     tg.cancel_scope.cancel()
-                    if provider in self.providers:
-                        del self.providers[provider]
-                        runtime.metrics.workers.labels(name).set(0)
-                        await runtime.execute(runtime.dispatch.remove_worker(runtime.clock(), provider))
-                        runtime.driver.poke()
-                        runtime.log.info("provider disconnected", provider=name, generation="A", providers=runtime.provider_count())
-                        await runtime.provider_count_changed()
+                    await runtime.retire_provider(provider, name, self.providers, generation="A")
                     await session.close(1000)
 
     async def _rpc_reader(self, provider: GenAProvider, scope: anyio.CancelScope) -> None:

@@ -297,25 +297,14 @@ class WasimoffRuntime:
                 if session.files is None:
                     await channel.close(CLOSE_INTERNAL, "no answer to the Listing request")
                     return
-                self.providers[session] = None
-                self.log.info("provider connected", provider=name, providers=self.provider_count())
-                now = self.clock()
-                self.dispatch.add_worker(now, session, name, session.files)
-                await self.execute(self.dispatch.set_capacity(now, session, session.capacity))
-                await self.provider_count_changed()
+                await self.admit_provider(session, name, self.providers, session.files, session.capacity)
                 await self._ping_forever(session)
             except ChannelClosed:
                 pass
             finally:
                 with anyio.CancelScope(shield=True):
                     tg.cancel_scope.cancel()
-                    if session in self.providers:
-                        del self.providers[session]
-                        self.metrics.workers.labels(name).set(0)
-                        await self.execute(self.dispatch.remove_worker(self.clock(), session))
-                        self.driver.poke()
-                        self.log.info("provider disconnected", provider=name, providers=self.provider_count())
-                        await self.provider_count_changed()
+                    await self.retire_provider(session, name, self.providers)
                     await channel.close(1000)
 
     @staticmethod
@@ -427,6 +416,28 @@ class WasimoffRuntime:
                 effects = self.dispatch.completed(now, task, session, payload)
             await self.execute(effects)
             self.driver.poke()
+
+    async def admit_provider(self, party: Any, name: str, table: dict[Any, None], files: Sequence[str], capacity: int,
+                             provides: Any = None, **log: Any) -> None:
+        """A provider of either generation is ready: into ``table`` and the dispatcher."""
+        table[party] = None
+        self.log.info("provider connected", provider=name, providers=self.provider_count(), **log)
+        now = self.clock()
+        await self.execute(self.dispatch.add_worker(now, party, name, files, provides))
+        await self.execute(self.dispatch.set_capacity(now, party, capacity))
+        self.metrics.workers.labels(name).set(capacity)
+        await self.provider_count_changed()
+
+    async def retire_provider(self, party: Any, name: str, table: dict[Any, None], **log: Any) -> None:
+        """A provider left: its slots go, and the tasks it was running retry elsewhere."""
+        if party not in table:
+            return
+        del table[party]
+        self.metrics.workers.labels(name).set(0)
+        await self.execute(self.dispatch.remove_worker(self.clock(), party))
+        self.driver.poke()
+        self.log.info("provider disconnected", provider=name, providers=self.provider_count(), **log)
+        await self.provider_count_changed()
 
     def provider_count(self) -> int:
         """Providers of both generations."""
