@@ -22,7 +22,6 @@ WebTransport here negotiates draft-02 (what Chromium 156 speaks; spec webtranspo
 from __future__ import annotations
 
 import asyncio
-import collections
 import struct
 from typing import Any
 
@@ -117,8 +116,7 @@ class WebTransportSession:
         self._inbox = Inbox()  # for a session: closed state only (peer streams go to _incoming)
         self._accepted = False
         self._streams: dict[int, WebTransportStream] = {}
-        self._incoming: collections.deque[WebTransportStream] = collections.deque()
-        self._incoming_waiter: asyncio.Future[None] | None = None
+        self._incoming = Inbox()  # streams the peer opened, not yet accepted
 
     @property
     def closed(self) -> bool:
@@ -143,14 +141,8 @@ class WebTransportSession:
 
     async def accept_stream(self) -> WebTransportStream:
         """The next bidirectional stream the peer opened (announced even before any payload)."""
-        while not self._incoming:
-            self._inbox.raise_if_closed()
-            waiter = self._incoming_waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._incoming_waiter = None
-        return self._incoming.popleft()
+        self._inbox.raise_if_closed()
+        return await self._incoming.get()  # type: ignore[return-value]
 
     def open_stream(self) -> WebTransportStream:
         """A new server-initiated bidirectional stream (its preamble is sent at once)."""
@@ -167,10 +159,9 @@ class WebTransportSession:
     # -- from the protocol ---------------------------------------------------------------
     def _mark_closed(self, code: int) -> None:
         self._inbox.close(code)
+        self._incoming.close(code)
         for stream in self._streams.values():
             stream._inbox.close(code)
-        if self._incoming_waiter is not None and not self._incoming_waiter.done():
-            self._incoming_waiter.set_result(None)
 
     def _datagram(self, data: bytes) -> None:
         pass  # raw sessions: no datagrams used (gen A has none)
@@ -181,9 +172,7 @@ class WebTransportSession:
             if stream_id & 0x3 != 0:  # not a client-initiated bidirectional stream
                 return
             stream = self._streams[stream_id] = WebTransportStream(self, stream_id)
-            self._incoming.append(stream)
-            if self._incoming_waiter is not None and not self._incoming_waiter.done():
-                self._incoming_waiter.set_result(None)
+            self._incoming.put(stream)  # type: ignore[arg-type]
         if data:
             stream._inbox.put(data)
         if ended:

@@ -12,7 +12,6 @@ from rendezvous.testing import LongPoll, closed_code, http_call, recv_json, serv
 from rendezvous_snowflake.messages import encode_client_request
 
 from .conftest import SECRET
-from .wasimoff_peers import RawProvider
 
 pytestmark = pytest.mark.anyio
 PATTERN = "snowflake.torproject.net"
