@@ -59,6 +59,11 @@ class Inbox:
             self.reason = reason
             self._wake()
 
+    @property
+    def waiting(self) -> bool:
+        """A ``get`` is waiting (an Inbox serves one reader at a time)."""
+        return self._waiter is not None
+
     def raise_if_closed(self) -> None:
         if self.closed:
             raise ChannelClosed(self.code, self.reason)

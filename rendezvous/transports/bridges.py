@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import collections
 import json
 import secrets
 import time
@@ -81,8 +80,7 @@ class LongPollChannel:
         self.id = session_id
         self.info = info
         self._inbox = Inbox()  # peer → profile
-        self._outbox: collections.deque[str | bytes] = collections.deque()  # profile → peer
-        self._out_waiter: asyncio.Future[None] | None = None
+        self._outbox = Inbox()  # profile → peer (what the polls collect)
         self._space: asyncio.Event = asyncio.Event()
         self._space.set()
         self._max_queued = max_queued
@@ -110,15 +108,14 @@ class LongPollChannel:
 
     async def send(self, message: str | bytes, timeout: float | None = None) -> None:
         self._inbox.raise_if_closed()
-        if len(self._outbox) >= self._max_queued:
+        if len(self._outbox.messages) >= self._max_queued:
             self._space.clear()
             try:
                 await asyncio.wait_for(self._space.wait(), timeout)
             except asyncio.TimeoutError:
                 raise SendTimeout() from None
             self._inbox.raise_if_closed()
-        self._outbox.append(message)
-        self._wake_poll()
+        self._outbox.put(message)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self._close(code, reason)
@@ -128,36 +125,25 @@ class LongPollChannel:
         if not self.decided.done():
             self.decided.set_result(HttpResponse(403))
         self._inbox.close(code, reason)
+        self._outbox.close(code, reason)  # queued messages are still collected, then the close
         self._space.set()
-        self._wake_poll()
-
-    def _wake_poll(self) -> None:
-        if self._out_waiter is not None and not self._out_waiter.done():
-            self._out_waiter.set_result(None)
 
     async def poll(self, timeout: float) -> HttpResponse:
+        outbox = self._outbox
+        if outbox.waiting and not outbox.messages:
+            return HttpResponse(204)  # a second concurrent poll gets nothing
         self.polling += 1
         try:
-            deadline = asyncio.get_running_loop().time() + timeout
-            while not self._outbox:
-                if self._inbox.closed:
-                    return _closed(self._inbox.code, self._inbox.reason)
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0 or self._out_waiter is not None:
-                    return HttpResponse(204)  # (a second concurrent poll gets nothing)
-                self._out_waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._out_waiter), left)
-                except asyncio.TimeoutError:
-                    pass
-                finally:
-                    self._out_waiter = None
-            message = self._outbox.popleft()
-            if len(self._outbox) < self._max_queued:
-                self._space.set()
+            message = await asyncio.wait_for(outbox.get(), timeout)
+        except asyncio.TimeoutError:
+            return HttpResponse(204)
+        except ChannelClosed as closed:
+            return _closed(closed.code, closed.reason)
         finally:
             self.polling -= 1
             self.last_seen = time.monotonic()
+        if len(outbox.messages) < self._max_queued:
+            self._space.set()
         if isinstance(message, bytes):
             return HttpResponse(200, message, (("content-type", "application/octet-stream"),))
         return HttpResponse(200, message.encode(), (("content-type", "text/plain; charset=utf-8"),))
