@@ -13,6 +13,8 @@ from typing import Any
 
 import attrs
 
+from rendezvous import gojson
+
 KNOWN_PROXY_TYPES = frozenset({"standalone", "webext", "badge", "iptproxy"})
 NAT_UNKNOWN, NAT_RESTRICTED, NAT_UNRESTRICTED = "unknown", "restricted", "unrestricted"
 NAT_TYPES = frozenset({NAT_UNKNOWN, NAT_RESTRICTED, NAT_UNRESTRICTED})
@@ -30,18 +32,10 @@ class BadRequest(ValueError):
 _decoder = json.JSONDecoder()
 
 
-def _go_escape(text: str) -> str:
-    # Go's json.Marshal escapes HTML-significant characters and U+2028/U+2029.
-    return (
-        text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-        .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-    )
-
-
 def go_marshal(fields: list[tuple[str, Any]]) -> bytes:
     """``json.Marshal`` of a Go struct: keys in field order, compact, Go's escaping."""
     body = ",".join(f"{json.dumps(k)}:{json.dumps(v, ensure_ascii=False)}" for k, v in fields)
-    return _go_escape("{" + body + "}").encode()
+    return gojson.escape("{" + body + "}").encode()
 
 
 _GO_CONTEXT = {

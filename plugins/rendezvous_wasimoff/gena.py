@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import anyio
 import msgpack
 
+from rendezvous import gojson
 from rendezvous.transports.base import ChannelClosed, ExchangeRoute, HttpRequest, HttpResponse, SessionRoute
 from rendezvous_wasimoff import schema
 
@@ -118,14 +119,6 @@ class GenAProvider:
         self.files[name] = digest
 
 
-def go_json(value: Any) -> bytes:
-    """What Go's ``json.NewEncoder(w).Encode`` writes: compact, ``<>&`` and U+2028/9 escaped, a newline."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
-        text = text.replace(char, escape)
-    return text.encode() + b"\n"
-
-
 def trace_event(label: str) -> dict[str, Any]:
     """One gen-A trace event: unix microseconds and a label."""
     return {"time": time.time_ns() // 1000, "label": label}
@@ -212,7 +205,7 @@ class GenerationA:
             except (RpcFailed, ChannelClosed) as exc:
                 results[provider.name] = str(exc) or type(exc).__name__
         if any(v != "OK" for v in results.values()):
-            return HttpResponse(500, go_json(results), self._headers(JSON))
+            return HttpResponse(500, gojson.marshal(results) + b"\n", self._headers(JSON))
         return HttpResponse(200, f"Upload OK, {len(request.body)} bytes".encode(), self._headers(TEXT))
 
     async def run(self, request: HttpRequest) -> HttpResponse:
@@ -240,7 +233,7 @@ class GenerationA:
         async with anyio.create_task_group() as tg:
             for index, entry in enumerate(tasks):
                 tg.start_soon(one, index, entry)
-        return HttpResponse(200, go_json(results), self._headers(JSON))
+        return HttpResponse(200, gojson.marshal(results) + b"\n", self._headers(JSON))
 
     @staticmethod
     def _validate(config: Any) -> list[dict[str, Any]]:
