@@ -385,8 +385,8 @@ class Connection(asyncio.Protocol):
         try:
             if route is None:
                 status, headers, body = await self._asgi_fallback(req, path, query)
-            elif route.methods and method not in route.methods:
-                status, headers, body = 405, (("content-type", "text/plain; charset=utf-8"),), b"method not allowed\n"
+            elif (refused := route.refusal(method)) is not None:
+                status, headers, body = refused.status, refused.headers, refused.body
             elif req.too_large:
                 status, headers, body = route.too_large_status, (), b""
             else:

@@ -146,6 +146,7 @@ class HttpResponse:
 
 
 ExchangeHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+METHOD_NOT_ALLOWED = HttpResponse.text(405, "method not allowed\n")
 
 
 @attrs.frozen
@@ -166,6 +167,12 @@ class ExchangeRoute:
     methods: frozenset[str] = frozenset()
     max_body_size: int = 100_000
     too_large_status: int = 400  # Go's MaxBytesReader brokers answer 400; others prefer 413
+
+    def refusal(self, method: str) -> HttpResponse | None:
+        """The answer to a request this route does not take by its method (405), else None."""
+        if self.methods and method not in self.methods:
+            return METHOD_NOT_ALLOWED
+        return None
 
 
 @attrs.frozen

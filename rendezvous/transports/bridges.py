@@ -50,6 +50,7 @@ from rendezvous.transports.base import (
     HttpRequest,
     HttpResponse,
     Inbox,
+    METHOD_NOT_ALLOWED,
     Route,
     SendTimeout,
 )
@@ -223,7 +224,7 @@ class Bridges:
             if request.method == "DELETE":
                 await channel.close(1000)
                 return HttpResponse(204)
-            return HttpResponse.text(405, "method not allowed\n")
+            return METHOD_NOT_ALLOWED
 
         return ExchangeRoute(route.path, handle, frozenset(), max(route.max_message_size, 1) + 1, too_large_status=413)
 
@@ -319,8 +320,9 @@ class Bridges:
         except (ValueError, TypeError, binascii.Error):
             await _reply(channel, request_id, HttpResponse.text(400, "bad request envelope\n"))
             return
-        if route.methods and method not in route.methods:
-            await _reply(channel, request_id, HttpResponse.text(405, "method not allowed\n"))
+        refused = route.refusal(method)
+        if refused is not None:
+            await _reply(channel, request_id, refused)
             return
         if len(body) > route.max_body_size:
             await _reply(channel, request_id, HttpResponse(route.too_large_status))

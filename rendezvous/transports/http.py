@@ -60,12 +60,12 @@ class HttpTransport:
         if not isinstance(route, ExchangeRoute):
             return None
         handler = route.handler
-        methods = route.methods
         limit = route.max_body_size
 
         async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if methods and scope["method"] not in methods:
-                await send_response(send, HttpResponse.text(405, "method not allowed\n"))
+            refused = route.refusal(scope["method"])
+            if refused is not None:
+                await send_response(send, refused)
                 return
             try:
                 body = await read_body(receive, limit)

@@ -79,6 +79,13 @@ def parse_capsules(buffer: bytearray) -> list[tuple[int, bytes]]:
     return out
 
 
+def _plain(headers: dict[str, str]) -> dict[str, str]:
+    """Request headers without the pseudo-headers; HTTP/3's ``:authority`` is HTTP/1.1's ``host``."""
+    plain = {k: v for k, v in headers.items() if not k.startswith(":")}
+    plain.setdefault("host", headers.get(":authority", ""))
+    return plain
+
+
 def offered_protocols(value: str) -> tuple[str, ...]:
     """``WT-Available-Protocols`` (a structured-field list of strings: ``"a", "b"``)."""
     return tuple(p.strip().strip('"') for p in value.split(",") if p.strip().strip('"'))
@@ -358,8 +365,9 @@ class _H3Protocol(QuicConnectionProtocol):
         if not isinstance(route, ExchangeRoute) or self.owner.closing:
             self.reply(stream_id, HttpResponse.text(404 if not self.owner.closing else 503, "not found\n"))
             return
-        if route.methods and method not in route.methods:
-            self.reply(stream_id, HttpResponse.text(405, "method not allowed\n"))
+        refused = route.refusal(method)
+        if refused is not None:
+            self.reply(stream_id, refused)
             return
         self.requests[stream_id] = (route, headers, bytearray())
         if ended:
@@ -376,11 +384,11 @@ class _H3Protocol(QuicConnectionProtocol):
             return
         del self.requests[stream_id]
         path, _, query = headers.get(":path", "/").partition("?")
-        plain = {k: v for k, v in headers.items() if not k.startswith(":")}
-        plain.setdefault("host", headers.get(":authority", ""))
-        peer = self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
-        request = HttpRequest(headers.get(":method", "GET"), path, query, plain, bytes(body), peer[0])
+        request = HttpRequest(headers.get(":method", "GET"), path, query, _plain(headers), bytes(body), self._peer()[0])
         self.owner.spawn(self._exchange(route, stream_id, request))
+
+    def _peer(self) -> tuple[Any, Any]:
+        return self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
 
     async def _exchange(self, route: ExchangeRoute, stream_id: int, request: HttpRequest) -> None:
         self.exchanges[stream_id] = asyncio.current_task()  # type: ignore[assignment]
@@ -391,15 +399,19 @@ class _H3Protocol(QuicConnectionProtocol):
         self.reply(stream_id, response)
 
     def reply(self, stream_id: int, response: HttpResponse) -> None:
-        if self.h3 is None:
-            return
         headers = [(b":status", str(response.status).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in response.headers]
         headers.append((b"content-length", str(len(response.body)).encode()))
+        self._send(stream_id, headers, response.body, end=True)
+
+    def _send(self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes = b"", end: bool = False) -> None:
+        """Response headers (and a body) on a request stream; a stream already gone is let be."""
+        if self.h3 is None:
+            return
         try:
-            self.h3.send_headers(stream_id, headers, end_stream=not response.body)
-            if response.body:
-                self.h3.send_data(stream_id, response.body, end_stream=True)
+            self.h3.send_headers(stream_id, headers, end_stream=end and not body)
+            if body:
+                self.h3.send_data(stream_id, body, end_stream=end)
         except Exception:  # the stream is already gone
             return
         self.transmit()
@@ -410,10 +422,8 @@ class _H3Protocol(QuicConnectionProtocol):
         if not isinstance(route, (ChannelRoute, SessionRoute)) or self.owner.closing:
             self.respond(session_id, 404 if not self.owner.closing else 503, end=True)
             return
-        peer = self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
-        plain = {k: v for k, v in headers.items() if not k.startswith(":")}
-        plain.setdefault("host", headers.get(":authority", ""))  # HTTP/3's :authority is HTTP/1.1's Host
-        info = ConnectionInfo("webtransport", path, query, plain,
+        peer = self._peer()
+        info = ConnectionInfo("webtransport", path, query, _plain(headers),
                               peer[0], peer[1], offered_protocols(headers.get("wt-available-protocols", "")))
         if isinstance(route, SessionRoute):
             channel: WebTransportSession = WebTransportSession(self, session_id, info)
@@ -434,18 +444,13 @@ class _H3Protocol(QuicConnectionProtocol):
 
     # -- sending -------------------------------------------------------------------------------
     def respond(self, stream_id: int, status: int, end: bool = False, protocol: str | None = None) -> None:
-        if self.h3 is None:
-            return
+        """The answer to an extended CONNECT."""
         headers = [(b":status", str(status).encode())]
         if status == 200:
             headers.append((b"sec-webtransport-http3-draft", b"draft02"))
         if protocol is not None:
             headers.append((b"wt-protocol", f'"{protocol}"'.encode()))  # an sf-string, as offered
-        try:
-            self.h3.send_headers(stream_id, headers, end_stream=end)
-        except Exception:  # the stream is already gone
-            return
-        self.transmit()
+        self._send(stream_id, headers, end=end)
 
     def send_stream(self, stream_id: int, data: bytes, end: bool = False) -> None:
         try:
