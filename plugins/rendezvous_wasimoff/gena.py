@@ -104,8 +104,7 @@ class GenAProvider:
         self.rpc: MsgpackRpcClient | None = None
         self.capacity = 0
         self.files: dict[str, str] = {}  # name on the provider -> sha256 hex it holds
-        self.info: dict[str, Any] = {}
-        self.poolinfo = anyio.Event()
+        self.info: dict[str, Any] = {}  # providerinfo (platform, useragent)
 
     async def ensure(self, name: str, data: bytes) -> None:
         """Make sure the provider holds ``data`` as ``name`` (probe, then upload), as the broker does."""
@@ -391,7 +390,6 @@ class GenerationA:
             pool = message.get("pool")
             if isinstance(pool, int) and not isinstance(pool, bool):
                 provider.capacity = max(0, pool)
-                provider.poolinfo.set()
                 if provider in self.providers:
                     runtime = self.runtime
                     runtime.metrics.workers.labels(provider.name).set(provider.capacity)

@@ -59,6 +59,10 @@ class _Worker:
     def free(self) -> bool:
         return len(self.running) < self.capacity
 
+    def can_take(self, t: "_Task") -> bool:
+        """A free slot and every capability ``t`` requires."""
+        return self.free and (self.provides is None or t.requires <= self.provides)
+
 
 @attrs.define(eq=False)
 class _Task:
@@ -217,7 +221,7 @@ class Dispatch:
         return []
 
     def _pick(self, t: _Task) -> _Worker | None:
-        free = [w for w in self._workers.values() if w.free and (w.provides is None or t.requires <= w.provides)]
+        free = [w for w in self._workers.values() if w.can_take(t)]
         if not free:
             return None
         if self.policy is Policy.SIMPLE_MATCH:
@@ -230,7 +234,7 @@ class Dispatch:
             ordered = sorted(self._workers.values(), key=lambda w: w.name)
             for i in range(len(ordered)):
                 w = ordered[(self._rr_next + i) % len(ordered)]
-                if w.free and (w.provides is None or t.requires <= w.provides):
+                if w.can_take(t):
                     self._rr_next = (self._rr_next + i + 1) % len(ordered)
                     return w
             return None
