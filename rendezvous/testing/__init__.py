@@ -59,6 +59,13 @@ async def serve(
         yield running_server
 
 
+async def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
+    """Poll ``predicate()`` until it is true; ``TimeoutError`` after ``timeout`` seconds."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await anyio.sleep(interval)
+
+
 def ws_connect(url: str, **kwargs: Any) -> Any:
     """A ``websockets`` client connection (async context manager), with no size limit or pings."""
     from websockets.asyncio.client import connect

@@ -8,7 +8,17 @@ import json
 import anyio
 import pytest
 
-from rendezvous.testing import LongPoll, closed_code, http_call, recv_json, serve, ws_connect, ws_exchange, wt_connect
+from rendezvous.testing import (
+    LongPoll,
+    closed_code,
+    http_call,
+    recv_json,
+    serve,
+    wait_until,
+    ws_connect,
+    ws_exchange,
+    wt_connect,
+)
 from rendezvous_snowflake.messages import encode_client_request
 
 from .conftest import SECRET
@@ -186,12 +196,8 @@ async def test_snowflake_long_poll_cancelled_when_the_channel_closes():
         runtime = srv.runtimes["snowflake"]
         async with ws_connect(srv.ws_url + "/proxy") as ws:
             await ws.send(json.dumps({"id": 1, "body": proxy_poll("gone")}))
-            with anyio.fail_after(5):
-                while not runtime.pairing.known():
-                    await anyio.sleep(0.01)
-        with anyio.fail_after(5):  # the poll was withdrawn when the socket went
-            while runtime.pairing.known():
-                await anyio.sleep(0.01)
+            await wait_until(lambda: runtime.pairing.known())
+        await wait_until(lambda: not runtime.pairing.known())  # the poll was withdrawn when the socket went
 
 
 # -- wasimoff providers over WebTransport and long-poll ---------------------------------------------------
@@ -213,9 +219,7 @@ async def test_wasimoff_provider_over_webtransport():
             event = schema.Envelope(sequence=0, type=schema.EVENT)
             pack(event, schema.ProviderResources(concurrency=2))
             await provider.send(codec.encode(event))
-            with anyio.fail_after(5):
-                while not runtime.providers:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: runtime.providers)
             assert [s.name for s in runtime.providers] == ["wt-prov"]
 
 

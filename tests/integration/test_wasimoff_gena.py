@@ -11,7 +11,7 @@ import pytest
 
 from rendezvous.config import load_config
 from rendezvous.errors import ConfigError
-from rendezvous.testing import WebTransportSessionClient, http_call, self_signed_certificate, serve
+from rendezvous.testing import WebTransportSessionClient, http_call, self_signed_certificate, serve, wait_until
 from rendezvous_wasimoff.programs import tool_wasm
 from rendezvous_wasimoff.provider import Provider
 
@@ -29,12 +29,6 @@ def broker(**settings):
 
 async def run(srv, config, timeout=20):
     return await http_call(srv.url + API + "/run", "POST", json.dumps(config).encode(), JSON, timeout=timeout)
-
-
-async def wait_for(predicate, timeout=5.0):
-    with anyio.fail_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 async def test_config_healthz_and_alt_svc():
@@ -85,7 +79,7 @@ async def test_gen_a_provider_connects_gets_files_and_runs_tasks():
         runtime = srv.runtimes["wasimoff"]
         await http_call(srv.url + API + "/upload?name=tool.wasm", "POST", TOOL)  # before the provider comes
         async with GenAPeer(srv, pool=2) as peer:
-            await wait_for(lambda: runtime.gen_a.providers)
+            await wait_until(lambda: runtime.gen_a.providers)
             # The broker's connect sequence: ping, fs:list, then probe + upload of every stored file.
             assert peer.calls[:4] == ["ping", "fs:list", "fs:probe", "fs:upload"]
             assert peer.files["tool.wasm"] == TOOL
@@ -123,7 +117,7 @@ async def test_gen_a_provider_connects_gets_files_and_runs_tasks():
             reply = await run(srv, {"bin": "tool.wasm", "exec": [{"args": ["echo", "x"], "loadfs": ["data.txt"]}]})
             assert json.loads(reply.content)[0]["result"]["stdout"] == "x\n"
             assert peer.runs[-1]["loadfs"] == ["data.txt"]
-        await wait_for(lambda: not runtime.gen_a.providers)
+        await wait_until(lambda: not runtime.gen_a.providers)
         assert runtime.dispatch.workers == 0
 
 
@@ -133,14 +127,14 @@ async def test_one_dispatcher_for_both_generations():
         await http_call(srv.url + API + "/upload?name=tool.wasm", "POST", TOOL)
         # A gen-C client task (ConnectRPC) runs on a gen-A provider...
         async with GenAPeer(srv, pool=1) as peer:
-            await wait_for(lambda: runtime.gen_a.providers)
+            await wait_until(lambda: runtime.gen_a.providers)
             reply, response = await run_rpc(http, srv, wasip1(ref="tool.wasm", args=["tool.wasm", "echo", "via", "C"]))
             assert reply.status_code == 200 and response.ok.stdout == b"via C\n"
             assert peer.runs and peer.runs[-1]["args"] == ["echo", "via", "C"]
             # ...and an inline binary is uploaded to it under its hash first.
             reply, response = await run_rpc(http, srv, wasip1(blob=TOOL, args=["x", "echo", "blob"]))
             assert response.ok.stdout == b"blob\n" and peer.runs[-1]["binary"].startswith("sha256-")
-        await wait_for(lambda: not runtime.gen_a.providers)
+        await wait_until(lambda: not runtime.gen_a.providers)
         # A gen-A client task runs on a gen-C provider (WebSocket + protobuf), datafile included.
         async with anyio.create_task_group() as tg:
             await tg.start(Provider(srv.url, name="gen-c", workers=1).run)
@@ -154,7 +148,7 @@ async def test_poolinfo_updates_capacity_and_a_dead_provider_retries_elsewhere()
         runtime = srv.runtimes["wasimoff"]
         await http_call(srv.url + API + "/upload?name=tool.wasm", "POST", TOOL)
         async with GenAPeer(srv, pool=0) as idle:
-            await wait_for(lambda: runtime.gen_a.providers)
+            await wait_until(lambda: runtime.gen_a.providers)
             assert runtime.dispatch.free_slots() == 0  # a pool of 0 never gets tasks (b23f335 in Chromium)
             async with anyio.create_task_group() as tg:
                 results = {}
@@ -163,14 +157,14 @@ async def test_poolinfo_updates_capacity_and_a_dead_provider_retries_elsewhere()
                     results["reply"] = await run(srv, {"bin": "tool.wasm", "exec": [{"args": ["sleep", "300"]}]})
 
                 tg.start_soon(submit)
-                await wait_for(lambda: runtime.dispatch.queued == 1)
+                await wait_until(lambda: runtime.dispatch.queued == 1)
                 idle.send_control("poolinfo", {"nmax": 2, "pool": 1})
-                await wait_for(lambda: idle.runs)
+                await wait_until(lambda: idle.runs)
                 # The provider vanishes mid-task: gen-C semantics, the task retries on another one.
                 async with GenAPeer(srv, pool=1) as other:
-                    await wait_for(lambda: len(runtime.gen_a.providers) == 2)
+                    await wait_until(lambda: len(runtime.gen_a.providers) == 2)
                     idle.session.close(0)
-                    await wait_for(lambda: "reply" in results, timeout=20)
+                    await wait_until(lambda: "reply" in results, timeout=20)
                     assert other.runs
             assert json.loads(results["reply"].content)[0]["result"]["stdout"] == "slept\n"
 
@@ -192,7 +186,7 @@ async def test_hostile_sessions_on_transport_keep_the_broker_serving():
         async with GenAPeer(srv, pool=1) as peer:
             peer.send_control("mystery", {"x": 1})
             peer.session.send_stream(peer.control, msgpack.packb([1, 2, 3]) + msgpack.packb("str"))
-            await wait_for(lambda: runtime.gen_a.providers)
+            await wait_until(lambda: runtime.gen_a.providers)
             assert runtime.dispatch.free_slots() == 1
         # A client that never opens its control stream is closed after the listing timeout.
         async with WebTransportSessionClient(srv.webtransport_url + "/transport") as silent:
@@ -255,5 +249,5 @@ async def test_hostile_rpc_answers_close_only_that_session():
                 assert await wt.wait_closed() == 1007
         assert not runtime.gen_a.providers
         async with GenAPeer(srv) as peer:  # and the next provider is served
-            await wait_for(lambda: runtime.gen_a.providers)
+            await wait_until(lambda: runtime.gen_a.providers)
             assert peer.calls[:2] == ["ping", "fs:list"]

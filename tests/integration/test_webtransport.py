@@ -8,7 +8,7 @@ import json
 import anyio
 import pytest
 
-from rendezvous.testing import recv_json, serve, wt_connect, ws_connect
+from rendezvous.testing import recv_json, serve, wait_until, wt_connect, ws_connect
 from rendezvous.tls import CertificateRotation
 
 pytestmark = pytest.mark.anyio
@@ -137,9 +137,7 @@ async def test_a_peer_that_stops_reading_is_backpressured_then_closed_1008():
         runtime = srv.runtimes["overlay"]
         async with wt_connect(srv.webtransport_url + "/s/webrtc-bootstrap-root") as root:
             await root.send('"heartbeat"')
-            with anyio.fail_after(5):
-                while not runtime.router.root_connected:
-                    await anyio.sleep(0.01)
+            await wait_until(lambda: runtime.router.root_connected)
             root._protocol.datagram_received = lambda data, addr: None  # deaf from now on
             async with ws_connect(srv.ws_url + "/join") as p:
                 big = json.dumps({"blob": "y" * 60000})
@@ -155,12 +153,8 @@ async def test_abrupt_close_of_the_quic_connection_ends_the_channel():
         runtime = srv.runtimes["overlay"]
         wt = await wt_connect(srv.webtransport_url + "/join").__aenter__()
         await wt.send("{}")
-        with anyio.fail_after(5):
-            while srv.metrics.get_sample_value("rendezvous_overlay_prospects") != 1:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: srv.metrics.get_sample_value("rendezvous_overlay_prospects") == 1)
         wt._protocol._quic.close(error_code=0x100)  # CONNECTION_CLOSE, no capsule, no FIN
         wt._protocol.transmit()
-        with anyio.fail_after(5):
-            while srv.metrics.get_sample_value("rendezvous_overlay_prospects") != 0:
-                await anyio.sleep(0.01)
+        await wait_until(lambda: srv.metrics.get_sample_value("rendezvous_overlay_prospects") == 0)
         assert runtime.router.root_count == 0
