@@ -25,6 +25,7 @@ from rendezvous.transports.base import (
     ExchangeRoute,
     HttpRequest,
     HttpResponse,
+    SessionRoute,
 )
 
 __version__ = "0.1.0"
@@ -32,5 +33,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Channel", "ChannelClosed", "ChannelRoute", "Config", "ConfigError", "ConnectionInfo", "ExchangeRoute",
     "HttpRequest", "HttpResponse", "PluginError", "Profile", "ProfileContext", "ProfileRuntime", "RendezvousError",
-    "RunningServer", "ServerSettings", "load_config", "make_config", "running", "serve", "setting",
+    "RunningServer", "ServerSettings", "SessionRoute", "load_config", "make_config", "running", "serve", "setting",
 ]
