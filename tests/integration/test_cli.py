@@ -245,3 +245,11 @@ def test_sighup_reloads_and_keeps_serving(tmp_path):
         assert srv.proc.poll() is None  # still serving
     finally:
         assert srv.stop() == 0
+
+
+def test_a_flag_several_profiles_share_is_spelled_per_profile():
+    both = ["serve", "--profile", "overlay", "--profile", "wasimoff"]
+    out = run(*both, "--wasimoff-max-message-size", "soon")
+    assert out.returncode == 2 and "wasimoff.max_message_size (from command line): expected an integer" in out.stderr
+    out = run(*both, "--max-message-size", "5")  # ambiguous: neither profile takes it
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
