@@ -89,8 +89,9 @@ class Dispatch:
         self.retry_delay = retry_delay
         self._workers: dict[Hashable, _Worker] = {}
         self._tasks: dict[Hashable, _Task] = {}
-        self._queue: collections.deque[_Task] = collections.deque()
-        self._queued = 0  # live entries in _queue (cancelled ones are skipped lazily)
+        # Queued tasks in FIFO order, by party: a cancelled one leaves at once (O(1)), so it holds
+        # neither a place nor its payload; a retried one is moved to the front.
+        self._queue: collections.OrderedDict[Hashable, _Task] = collections.OrderedDict()
         self._retries: list[tuple[float, int, _Task]] = []
         self._seq = itertools.count()
         self._rr_next = 0
@@ -98,7 +99,7 @@ class Dispatch:
     # -- introspection -------------------------------------------------------------------
     @property
     def queued(self) -> int:
-        return self._queued
+        return len(self._queue)
 
     @property
     def in_flight(self) -> int:
@@ -156,12 +157,11 @@ class Dispatch:
 
         ``needs``: files it prefers a worker to hold (SimpleMatch); ``requires``: capabilities
         a worker must have. A task no free worker can take lets the tasks behind it pass."""
-        if self._queued >= self.queue_limit:
+        if len(self._queue) >= self.queue_limit:
             raise QueueFull()
         t = _Task(task, frozenset(needs), frozenset(requires))
         self._tasks[task] = t
-        self._queue.append(t)
-        self._queued += 1
+        self._queue[task] = t
         return self._assign(now)
 
     def completed(self, now: float, task: Hashable, worker: Hashable, result: object) -> list[Effect]:
@@ -197,7 +197,7 @@ class Dispatch:
             return []
         effects: list[Effect] = []
         if t.state == "queued":
-            self._queued -= 1
+            del self._queue[task]
         elif t.state == "leased" and t.worker is not None:
             effects.append(Revoke(task, t.worker.party))
         t.state = "done"
@@ -242,26 +242,20 @@ class Dispatch:
 
     def _assign(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
-        queue = self._queue
-        passed: list[_Task] = []  # tasks whose capabilities no free worker has: later tasks may pass them
-        while queue:
-            t = queue[0]
-            if t.state != "queued":
-                queue.popleft()  # cancelled while queued
-                continue
+        passed = 0  # tasks whose capabilities no free worker has: later tasks may pass them
+        for t in self._queue.values():
             w = self._pick(t)
             if w is None:
-                if not t.requires or len(passed) >= 256 or not any(x.free for x in self._workers.values()):
+                if not t.requires or passed >= 256 or not any(x.free for x in self._workers.values()):
                     break
-                passed.append(queue.popleft())
+                passed += 1
                 continue
-            queue.popleft()
-            self._queued -= 1
             t.state = "leased"
             t.worker = w
             w.running.add(t.party)
             effects.append(Deliver(w.party, t.party))
-        queue.extendleft(reversed(passed))
+        for effect in effects:  # (not while iterating the queue)
+            del self._queue[effect.payload]
         return effects
 
     # -- time ----------------------------------------------------------------------------
@@ -272,8 +266,8 @@ class Dispatch:
             _, _, t = heapq.heappop(retries)
             if t.state == "retrying":
                 t.state = "queued"
-                self._queue.appendleft(t)  # a retried task goes first: it has waited longest
-                self._queued += 1
+                self._queue[t.party] = t
+                self._queue.move_to_end(t.party, last=False)  # a retried task goes first: it has waited longest
                 requeued = True
         return self._assign(now) if requeued else []
 

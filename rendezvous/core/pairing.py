@@ -5,7 +5,8 @@ This is the matcher behind the Snowflake broker. *Waiters* (proxies) sit in a po
 loaded first). An *asker* (client) draws from a list of pools in order; the drawn waiter is
 handed the asker's offer, and the asker waits up to ``answer_timeout`` for the answer that the
 waiter sends back under its session id. Every entry is removed on every path, so a late
-answer finds nobody.
+answer finds nobody. The heaps (pools, deadlines) delete lazily, and are rebuilt from their live
+entries once stale ones outnumber them: an idle pool whose polls expire or hang up stays small.
 
 Plain state given the time. Effects: ``Deliver(waiter, offer)`` on a match,
 ``Deliver(asker, answer)`` on an answer, ``Expired(party, "hold" | "answer")`` on timeouts,
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Hashable, Iterable
+from typing import Callable, Hashable, Iterable
 
 import attrs
 
@@ -24,6 +25,31 @@ from rendezvous.core.effects import Deliver, Dropped, Effect, Expired
 
 
 WAITING, MATCHED, DONE = "waiting", "matched", "done"
+
+
+def _compact(heap: list, live: int, is_live: Callable[[tuple], bool]) -> None:
+    """Lazy deletion leaves stale entries in ``heap``; once they outnumber the ``live`` ones,
+    rebuild it in place from the live ones. The O(n) rebuild drops more than n/2 entries, each
+    of which cost a push, so every operation stays amortised O(log n), and a heap never holds
+    more than twice its live entries however long nobody pops it."""
+    if len(heap) > 2 * live:
+        heap[:] = [entry for entry in heap if is_live(entry)]
+        heapq.heapify(heap)
+
+
+@attrs.define(eq=False)
+class _Pool:
+    heap: list[tuple[float, int, "_Waiter"]] = attrs.field(factory=list)  # (order, seq, waiter)
+    live: int = 0  # entries whose waiter is still waiting; the rest are stale
+
+    def left(self) -> None:
+        """One waiter left (drawn, or done while waiting)."""
+        self.live -= 1
+        _compact(self.heap, self.live, _in_pool)
+
+
+def _in_pool(entry: tuple[float, int, "_Waiter"]) -> bool:
+    return entry[2].state == WAITING
 
 
 @attrs.define(eq=False)
@@ -44,16 +70,19 @@ class Pairing:
             raise ValueError("timeouts must be positive")
         self.hold_timeout = hold_timeout
         self.answer_timeout = answer_timeout
-        self._pools: dict[Hashable, list[tuple[float, int, _Waiter]]] = {}
+        self._pools: dict[Hashable, _Pool] = {}
         self._by_sid: dict[Hashable, _Waiter] = {}  # waiting, or matched and not finished
         self._by_party: dict[Hashable, _Waiter] = {}  # waiting waiters and waiting askers
         self._seq = itertools.count()
         # (time, seq, kind, waiter), lazily deleted: an entry is live while the waiter's state fits.
+        # A waiter has one live deadline while it waits or is matched: ``_active`` counts them.
         self._deadlines: list[tuple[float, int, str, _Waiter]] = []
+        self._active = 0
 
     # -- introspection ---------------------------------------------------------------------
     def waiting(self, pool: Hashable) -> int:
-        return sum(1 for _, _, w in self._pools.get(pool, ()) if w.state == WAITING)
+        entry = self._pools.get(pool)
+        return entry.live if entry is not None else 0
 
     def known(self) -> list[object]:
         """``info`` of every waiter known by session id: waiting, or matched and not finished."""
@@ -65,15 +94,18 @@ class Pairing:
         effects: list[Effect] = []
         old = self._by_sid.get(sid)
         if old is not None and old.state == WAITING:
-            old.state = DONE
+            self._retire(old)
             if self._by_party.get(old.party) is old:
                 del self._by_party[old.party]
             effects.append(Expired(old.party, "replaced"))
         waiter = _Waiter(sid, party, pool, order, now + self.hold_timeout, info)
         self._by_sid[sid] = waiter
         self._by_party[party] = waiter
-        heapq.heappush(self._pools.setdefault(pool, []), (order, next(self._seq), waiter))
-        heapq.heappush(self._deadlines, (waiter.deadline, next(self._seq), "hold", waiter))
+        entry = self._pools.setdefault(pool, _Pool())
+        heapq.heappush(entry.heap, (order, next(self._seq), waiter))
+        entry.live += 1
+        self._active += 1
+        self._push_deadline(waiter.deadline, "hold", waiter)
         return effects
 
     def answer(self, now: float, sid: Hashable, answer: object) -> list[Effect]:
@@ -92,17 +124,18 @@ class Pairing:
         ``Dropped("no_waiter")``. On a match the asker waits ``answer_timeout`` for the answer.
         """
         for pool in pools:
-            heap = self._pools.get(pool)
-            while heap:
-                _, _, waiter = heapq.heappop(heap)
+            entry = self._pools.get(pool)
+            while entry is not None and entry.live:
+                _, _, waiter = heapq.heappop(entry.heap)
                 if waiter.state != WAITING:
                     continue
-                waiter.state = MATCHED
+                entry.left()
+                waiter.state = MATCHED  # (its hold deadline goes stale, the answer deadline is live)
                 waiter.asker = party
                 if self._by_party.get(waiter.party) is waiter:
                     del self._by_party[waiter.party]
                 self._by_party[party] = waiter
-                heapq.heappush(self._deadlines, (now + self.answer_timeout, next(self._seq), "answer", waiter))
+                self._push_deadline(now + self.answer_timeout, "answer", waiter)
                 return waiter.info, [Deliver(waiter.party, offer)]
         return None, [Dropped("no_waiter")]
 
@@ -115,7 +148,7 @@ class Pairing:
             return []
         if waiter.state == WAITING and waiter.party is party:
             del self._by_party[party]
-            waiter.state = DONE
+            self._retire(waiter)
             if self._by_sid.get(waiter.sid) is waiter:
                 del self._by_sid[waiter.sid]
             return [Dropped("waiter_gone")]
@@ -126,7 +159,7 @@ class Pairing:
 
     def _finish(self, waiter: _Waiter) -> None:
         """A match ends (answered, timed out, or the asker left): forget it everywhere."""
-        waiter.state = DONE
+        self._retire(waiter)
         if self._by_sid.get(waiter.sid) is waiter:
             del self._by_sid[waiter.sid]
         if self._by_party.get(waiter.asker) is waiter:
@@ -143,7 +176,7 @@ class Pairing:
 
     def _expire(self, kind: str, waiter: _Waiter) -> list[Effect]:
         if kind == "hold":
-            waiter.state = DONE
+            self._retire(waiter)
             if self._by_sid.get(waiter.sid) is waiter:
                 del self._by_sid[waiter.sid]
             if self._by_party.get(waiter.party) is waiter:
@@ -152,9 +185,25 @@ class Pairing:
         self._finish(waiter)
         return [Expired(waiter.asker, "answer")]
 
+    def _retire(self, waiter: _Waiter) -> None:
+        """A waiting or matched waiter is done: its heap entries go stale. Bound them."""
+        was_waiting = waiter.state == WAITING
+        waiter.state = DONE
+        if was_waiting:
+            self._pools[waiter.pool].left()
+        self._active -= 1
+        _compact(self._deadlines, self._active, self._live_deadline)
+
+    def _push_deadline(self, time: float, kind: str, waiter: _Waiter) -> None:
+        heapq.heappush(self._deadlines, (time, next(self._seq), kind, waiter))
+        _compact(self._deadlines, self._active, self._live_deadline)
+
     # -- time --------------------------------------------------------------------------------
     def _live(self, kind: str, waiter: _Waiter) -> bool:
         return waiter.state == (WAITING if kind == "hold" else MATCHED)
+
+    def _live_deadline(self, entry: tuple[float, int, str, _Waiter]) -> bool:
+        return self._live(entry[2], entry[3])
 
     def advance(self, now: float) -> list[Effect]:
         effects: list[Effect] = []

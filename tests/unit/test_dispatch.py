@@ -1,5 +1,7 @@
 """Task dispatch rules (wasimoff's matcher), with a fake clock."""
 
+import weakref
+
 import pytest
 
 from rendezvous.core import Deliver, Dispatch, Failed, Policy, QueueFull, Revoke
@@ -151,3 +153,65 @@ def test_capabilities_a_task_requires_are_hard_and_others_pass_it():
     assert d.queued == 1
     d.add_worker(0, "gen-c", "c")  # provides everything
     assert d.set_capacity(0, "gen-c", 1) == [Deliver("gen-c", "py")]
+
+
+class Request:
+    """A task handle as a profile has one: it holds the request's payload."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.body = bytes(1024)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def test_cancelled_tasks_behind_a_live_one_free_their_place_and_payload_at_once():
+    d = Dispatch(queue_limit=301)
+    head = Request("head")
+    d.submit(0.0, head)  # no worker: it heads the queue for good
+    abandoned = [Request(f"t{i}") for i in range(300)]
+    for t in abandoned:
+        d.submit(0.0, t)
+    with pytest.raises(QueueFull):
+        d.submit(0.0, Request("one too many"))
+    for t in abandoned:
+        d.cancel(1.0, t)
+    assert d.queued == 1
+    gone = [weakref.ref(t) for t in abandoned]
+    del abandoned, t
+    assert [r for r in gone if r() is not None] == []  # the dispatcher holds none of them
+    fresh = [Request(f"u{i}") for i in range(300)]
+    for t in fresh:
+        d.submit(2.0, t)  # their places are free again
+    with pytest.raises(QueueFull):
+        d.submit(2.0, Request("one too many"))
+    d.add_worker(3.0, "w", "w")
+    assert d.set_capacity(3.0, "w", 1000) == [Deliver("w", t) for t in [head, *fresh]]
+
+
+def test_cancelling_queued_tasks_keeps_the_order_of_the_others():
+    d = Dispatch()
+    for name in "abcde":
+        d.submit(0.0, name)
+    d.cancel(0.0, "b")
+    d.cancel(0.0, "d")
+    d.cancel(0.0, "d")
+    assert d.queued == 3
+    d.add_worker(0.0, "w", "w")
+    assert d.set_capacity(0.0, "w", 10) == [Deliver("w", "a"), Deliver("w", "c"), Deliver("w", "e")]
+    assert d.queued == 0
+
+
+def test_a_retried_task_goes_ahead_of_the_queue():
+    d = Dispatch(retry_delay=lambda i: 0.5)
+    d.add_worker(0.0, "w1", "w1")
+    d.set_capacity(0.0, "w1", 1)
+    d.submit(0.0, "t")
+    d.submit(0.0, "u")
+    d.submit(0.0, "v")
+    assert d.transport_error(1.0, "t", "w1", "broken") == [Deliver("w1", "u")]
+    assert d.advance(1.5) == []  # t is queued again, first
+    assert d.queued == 2
+    d.add_worker(2.0, "w2", "w2")
+    assert d.set_capacity(2.0, "w2", 1) == [Deliver("w2", "t")]

@@ -115,3 +115,61 @@ def test_drain_expires_everyone_waiting():
     effects = p.drain(1.0)
     assert set(effects) == {Expired("proxy2", "hold"), Expired("client", "answer")}
     assert p.next_deadline() is None and p.known() == []
+
+
+# -- stale heap entries stay bounded (issue 14) -----------------------------------------------
+def assert_heaps_bounded(p, pools=("pool",)):
+    """Lazy deletion may leave stale entries, but never more than the live ones (+ a constant)."""
+    for pool in pools:
+        assert len(p._pools[pool].heap) <= 2 * p.waiting(pool) + 2
+    active = len(p.known())  # here every matched or waiting entry is known by its sid
+    assert len(p._deadlines) <= 2 * active + 2
+
+
+def test_expired_polls_do_not_pile_up_in_an_idle_pool():
+    p = Pairing(hold_timeout=10.0)
+    for second in range(300):  # 100 polls a second, each held 10 s, and no client ever draws
+        p.advance(float(second))
+        for i in range(100):
+            p.wait(float(second), f"s{second}-{i}", f"p{second}-{i}", "pool", (second * 7 + i) % 13)
+        assert_heaps_bounded(p)
+    assert p.waiting("pool") == 1000
+    drawn = [p.ask(300.0, f"c{i}", ["pool"], "o")[0] for i in range(1000)]
+    assert len(drawn) == 1000 and p.ask(300.0, "late", ["pool"], "o")[1] == [Dropped("no_waiter")]
+
+
+def test_abandoned_polls_do_not_pile_up_in_either_heap():
+    p = Pairing(hold_timeout=30.0)
+    for i in range(10_000):
+        proxy = f"p{i}"  # (parties are told apart by identity)
+        p.wait(0.0, f"s{i}", proxy, "pool", i % 5)
+        if i % 10:
+            p.gone(0.0, proxy)  # nine in ten proxies hang up long before their hold timeout
+    assert p.waiting("pool") == 1000
+    assert_heaps_bounded(p)
+    orders = []
+    client = "c"
+    while True:
+        info, effects = p.ask(1.0, client, ["pool"], "o")
+        if effects == [Dropped("no_waiter")]:
+            break
+        orders.append(int(effects[0].to[1:]) % 5)
+        p.gone(1.0, client)
+    assert len(orders) == 1000 and orders == sorted(orders)  # still fewest Clients first
+
+
+def test_finished_matches_and_replaced_sids_leave_no_stale_deadlines():
+    p = Pairing(hold_timeout=30.0, answer_timeout=30.0)
+    p.wait(0.0, "idle", "idle-proxy", "other", 0)
+    for i in range(5000):
+        poll = f"poll{i}"
+        p.wait(0.0, "same", poll, "pool", 0)  # each poll replaces the previous one
+    assert p.waiting("pool") == 1
+    p.gone(0.0, poll)
+    for i in range(5000):
+        p.wait(0.0, f"s{i}", f"p{i}", "pool", 0)
+        p.ask(0.0, f"c{i}", ["pool"], "o")
+        assert p.answer(0.0, f"s{i}", "a") == [Deliver(f"c{i}", "a")]
+    assert_heaps_bounded(p, ("pool", "other"))
+    assert p.next_deadline() == 30.0 and p.advance(30.0) == [Expired("idle-proxy", "hold")]
+    assert p.next_deadline() is None
