@@ -107,13 +107,19 @@ async def test_fragmented_message_and_ping(srv):
         assert await read_close_code(stream) == 1000
 
 
-async def test_garbage_http_and_huge_headers_get_400(srv):
-    for payload in (b"\x16\x03\x01 not http at all\r\n\r\n", b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n"):
+@pytest.mark.parametrize("payload,status", [
+    (b"\x16\x03\x01 not http at all\r\n\r\n", b"400"),
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", b"431"),
+    (b"GET / HTTP/1.1\r\n" + b"X: aaaa\r\n" * 10000 + b"\r\n", b"431"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"414"),
+])
+async def test_garbage_http_and_huge_heads(srv, payload, status):
+    for _ in range(2):
         stream = await anyio.connect_tcp("127.0.0.1", srv.port)
         await stream.send(payload)
         with anyio.fail_after(5):
             response = await stream.receive()
-        assert response.startswith(b"HTTP/1.1 400")
+        assert response.startswith(b"HTTP/1.1 " + status), response
         await stream.aclose()
     async with httpx.AsyncClient() as http:
         assert (await http.get(srv.url + "/healthz")).status_code == 200
