@@ -8,16 +8,19 @@ import fnmatch
 import itertools
 import json
 import pathlib
+import re
 import shlex
 import time
 from typing import Any, Mapping, Sequence
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import anyio
+import anyio.to_thread
 import attrs
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from prometheus_client import Gauge, Histogram
+from prometheus_client.core import Metric
 
 from rendezvous.core import Deliver, Dispatch, Failed, Policy, QueueFull, Revoke
 from rendezvous.core.driver import Driver
@@ -25,14 +28,21 @@ from rendezvous.errors import ConfigError
 from rendezvous.observe.metrics import ExactCounter
 from rendezvous.profile import ProfileContext
 from rendezvous.settings import positive, setting
-from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute, ExchangeRoute, HttpRequest, HttpResponse
+from rendezvous.transports.base import (Channel, ChannelClosed, ChannelRoute, ExchangeRoute, HttpRequest, HttpResponse,
+                                       SendTimeout)
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.codec import SUBPROTOCOLS, BadFrame, Codec, pack, unpack
 from rendezvous_wasimoff.gena import GenAProvider, GenerationA
 from rendezvous_wasimoff.storage import Unsupported, open_storage
 
 VERSION = "rendezvous-wasimoff 0.1.0 (gen C wire protocol)"
-CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED, CLOSE_INTERNAL = 1002, 1003, 1011
+CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED, CLOSE_POLICY, CLOSE_INTERNAL = 1002, 1003, 1008, 1011
+# A provider's name (?id=) goes into logs, a metric label and the X-Wasimoff-Provider header:
+# printable ASCII without leading or trailing spaces, at most 256 characters (real providers send a nanoid).
+PROVIDER_ID = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,254}[\x21-\x7e])?")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7f) if chr(c) != "%")
+SEND_SECONDS_PER_MIB = 1.0  # on top of send_timeout: a big task may take longer to reach a provider
 TEXT = ("content-type", "text/plain; charset=utf-8")
 CORS = ("access-control-allow-origin", "*")
 CONNECT_STATUS = {"invalid_argument": 400, "not_found": 404, "resource_exhausted": 429, "unknown": 500,
@@ -64,6 +74,8 @@ class WasimoffSettings:
     ping_interval: float = setting(5.0, help="seconds between Ping requests to each provider", validator=positive)
     ping_misses: int = setting(3, help="unanswered Pings in a row before a provider is dropped (its tasks retry elsewhere)", validator=positive)
     listing_timeout: float = setting(10.0, help="seconds a new provider has to answer the Listing request", validator=positive)
+    send_timeout: float = setting(5.0, help="seconds a message to a provider may wait for it to read (plus 1 s per MiB); "
+                                            "then it is closed 1008 and its tasks retry elsewhere", validator=positive)
     # generation A (WebTransport): spec wasimoff.md §1
     quic_listen: str = setting(":4443", help="UDP listener for WebTransport providers (generation A), [host]:port; '' turns it off", env=["WASIMOFF_QUIC_LISTEN"])
     quic_cert: pathlib.Path | None = setting(None, help="WebTransport certificate (PEM); unset: an ephemeral one, renewed while running", env=["WASIMOFF_QUIC_CERT"])
@@ -125,7 +137,7 @@ class RpcError(Exception):
 class TaskHandle:
     """One client request while it is queued, running or retried."""
 
-    __slots__ = ("id", "request", "kind", "needs", "event", "result", "error", "started")
+    __slots__ = ("id", "request", "kind", "needs", "event", "result", "error", "started", "attempts")
 
     def __init__(self, task_id: str, request: Message, kind: str, needs: frozenset[str]) -> None:
         self.id = task_id
@@ -136,6 +148,7 @@ class TaskHandle:
         self.result: Message | None = None
         self.error: str | None = None
         self.started = time.monotonic()
+        self.attempts = 0  # times sent to a provider
 
 
 class _Metrics:
@@ -144,11 +157,39 @@ class _Metrics:
         self.completed = ExactCounter("wasimoff_tasks_completed", "tasks completed", registry)
         self.scheduled = ExactCounter("wasimoff_tasks_scheduled", "tasks sent to a provider", registry)
         self.execution = Histogram("wasimoff_tasks_execution", "seconds from submission to result", registry=registry)
-        self.retries = ExactCounter("wasimoff_task_retries_count", "task attempts that failed with a transport error", registry)
+        self.retries = RetryCounter(registry)
         self.queued = Gauge("wasimoff_tasks_queued", "tasks waiting for a provider", registry=registry)
         self.dispatching = Gauge("wasimoff_tasks_dispatching", "tasks running on providers", registry=registry)
         self.workers = Gauge("wasimoff_available_workers", "free task slots", ["provider"], registry=registry)
         self.providers = Gauge("wasimoff_connected_providers", "connected providers", registry=registry)
+
+
+class RetryCounter:
+    """``wasimoff_task_retries_count{attempt}`` as the original's CounterVec: one sample per
+    attempt number (2, 3, ...) that was made, counted when the retry is sent to a provider.
+    Exposed untyped under exactly that name, like :class:`ExactCounter` (no ``_total``)."""
+
+    name = "wasimoff_task_retries_count"
+
+    def __init__(self, registry: Any) -> None:
+        self.counts: dict[int, int] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def attempt(self, number: int) -> None:
+        self.counts[number] = self.counts.get(number, 0) + 1
+
+    def inc(self) -> None:
+        """Kept for callers that count failures; retries are counted when they are sent."""
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        metric = Metric(self.name, "number of retries across all scheduled tasks", "unknown")
+        for number, count in sorted(self.counts.items()):
+            metric.add_sample(self.name, {"attempt": str(number)}, float(count))
+        yield metric
+
+    def describe(self):  # type: ignore[no-untyped-def]
+        return list(self.collect())
 
 
 class ProviderSession:
@@ -173,7 +214,7 @@ class ProviderSession:
             envelope.error = error
         if payload is not None:
             pack(envelope, payload)
-        await self.channel.send(self.codec.encode(envelope))
+        await self._send(self.codec.encode(envelope))
         return envelope.sequence
 
     async def request(self, payload: Message, what: str, obj: Any = None) -> None:
@@ -181,7 +222,18 @@ class ProviderSession:
         self.pending[sequence] = (what, obj)
         envelope = schema.Envelope(sequence=sequence, type=schema.REQUEST)
         pack(envelope, payload)
-        await self.channel.send(self.codec.encode(envelope))
+        await self._send(self.codec.encode(envelope))
+
+    async def _send(self, frame: str | bytes) -> None:
+        """Send with a deadline: a provider that stops reading (a frozen tab) is closed 1008 and
+        treated as disconnected (``ChannelClosed``), so its tasks retry elsewhere."""
+        timeout = self.runtime.settings.send_timeout + len(frame) / (1 << 20) * SEND_SECONDS_PER_MIB
+        try:
+            await self.channel.send(frame, timeout)
+        except SendTimeout:
+            self.runtime.log.warning("provider stopped reading", provider=self.name)
+            await self.channel.close(CLOSE_POLICY, "not reading fast enough")
+            raise ChannelClosed(CLOSE_POLICY) from None
 
 
 class WasimoffRuntime:
@@ -233,6 +285,10 @@ class WasimoffRuntime:
     async def execute(self, effects: Sequence[Any]) -> None:
         for effect in effects:
             if type(effect) is Deliver:
+                if isinstance(effect.to, (ProviderSession, GenAProvider)):
+                    effect.payload.attempts += 1
+                    if effect.payload.attempts > 1:
+                        self.metrics.retries.attempt(effect.payload.attempts)
                 if isinstance(effect.to, ProviderSession):
                     await self._start_task(effect.to, effect.payload)
                 elif isinstance(effect.to, GenAProvider):
@@ -287,6 +343,10 @@ class WasimoffRuntime:
         if codec is None:
             return
         name = parse_qs(info.query).get("id", ["anonymous"])[0] or "anonymous"
+        if not PROVIDER_ID.fullmatch(name):
+            self.log.info("provider refused: invalid id", id=name[:64])
+            await channel.close(CLOSE_POLICY, "invalid provider id: printable ASCII, at most 256 characters")
+            return
         session = ProviderSession(self, channel, codec, name)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._receive_from_provider, session, tg.cancel_scope)
@@ -400,7 +460,6 @@ class WasimoffRuntime:
             expected = schema.Wasip1Response if task.kind == "wasip1" else schema.PyodideResponse
             if envelope.error or not isinstance(payload, expected):
                 error = envelope.error or f"unexpected response type from provider {session.name}"
-                self.metrics.retries.inc()
                 effects = self.dispatch.transport_error(now, task, session, error)
             else:
                 sent = task.request.info
@@ -410,8 +469,7 @@ class WasimoffRuntime:
                         setattr(payload.info, field, getattr(sent, field))
                     else:
                         payload.info.ClearField(field)
-                if not payload.info.provider:
-                    payload.info.provider = session.name
+                payload.info.provider = session.name  # who ran it is the broker's word, not the provider's
                 session.completed_recently += 1
                 effects = self.dispatch.completed(now, task, session, payload)
             await self.execute(effects)
@@ -569,7 +627,7 @@ class WasimoffRuntime:
         if upload.media not in ("application/wasm", "application/zip"):
             raise RpcError("invalid_argument", "unsupported filetype (application/wasm or application/zip)")
         try:
-            ref = self.storage.put(upload.blob, upload.ref or None, upload.media)
+            ref = await anyio.to_thread.run_sync(self.storage.put, upload.blob, upload.ref or None, upload.media)
         except Unsupported as exc:
             raise RpcError("invalid_argument", str(exc)) from None
         return schema.UploadResponse(ref=ref)
@@ -604,7 +662,7 @@ class WasimoffRuntime:
             result = await self.submit(task, "wasip1", request.client_host)
         except RpcError as exc:
             return HttpResponse.text(500, exc.message + "\n")
-        reply_headers = [("x-wasimoff-provider", result.info.provider)]
+        reply_headers = [("x-wasimoff-provider", _header_value(result.info.provider))] if result.info.provider else []
         if result.WhichOneof("result") == "error":
             return HttpResponse(200, result.error.encode(), (*reply_headers, ("x-wasimoff-result", "Error"), TEXT))
         ok = result.ok
@@ -673,7 +731,7 @@ class WasimoffRuntime:
             return HttpResponse.text(405, "Method Not Allowed\n")
         name = parse_qs(request.query).get("name", [None])[0]
         try:
-            ref = self.storage.put(request.body, name)
+            ref = await anyio.to_thread.run_sync(self.storage.put, request.body, name)  # hashing, fsync
         except Unsupported:
             return HttpResponse.text(415, "unsupported filetype\n")
         return HttpResponse(200, f"{ref}\n".encode(), (TEXT,))
@@ -697,6 +755,11 @@ class WasimoffRuntime:
 
     async def version(self, request: HttpRequest) -> HttpResponse:
         return HttpResponse(200, json.dumps({"version": VERSION, "protocol": "wasimoff.v1"}).encode(), (("content-type", "application/json"),))
+
+
+def _header_value(text: str) -> str:
+    """Peer text fit for a header: printable ASCII as it is, anything else percent-encoded."""
+    return text if _PRINTABLE.fullmatch(text) else quote(text, safe=_HEADER_SAFE)
 
 
 def _connect_error(code: str, message: str, status: int | None = None) -> HttpResponse:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import re
 import tempfile
+import threading
 
 from rendezvous.errors import ConfigError
 
@@ -35,20 +37,24 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._blobs: dict[str, tuple[bytes, str]] = {}
         self._names: dict[str, str] = {}
+        self._writing = threading.Lock()  # put() may run in worker threads (its writes block on the disk)
 
     def put(self, data: bytes, name: str | None = None, media: str | None = None, strict: bool = True) -> str:
         """Store ``data``; its ref. ``strict``: only WebAssembly and zip (gen C); gen A's
-        upload takes any file (data files for ``loadfs``)."""
+        upload takes any file (data files for ``loadfs``). Durable when it returns."""
         media = media or sniff(data)
         if media not in (WASM, ZIP):
             if strict:
                 raise Unsupported("unsupported filetype")
             media = media or "application/octet-stream"
         ref = ref_of(data)
-        self._store(ref, data, media)
-        if name:
-            self._names[name] = ref
-            self._save_names()
+        with self._writing:
+            index_changed = self._store(ref, data, media)
+            if name and self._names.get(name) != ref:
+                self._names[name] = ref
+                index_changed = True
+            if index_changed:
+                self._save_names()
         return ref
 
     def resolve(self, name_or_ref: str) -> str | None:
@@ -68,8 +74,10 @@ class MemoryStorage:
         return None if found is None else (found[0], found[1], ref)
 
     # storage backends override these
-    def _store(self, ref: str, data: bytes, media: str) -> None:
+    def _store(self, ref: str, data: bytes, media: str) -> bool:
+        """Keep the blob; whether the index (:meth:`_save_names`) needs saving."""
         self._blobs[ref] = (data, media)
+        return False
 
     def _has(self, ref: str) -> bool:
         return ref in self._blobs
@@ -81,15 +89,47 @@ class MemoryStorage:
         pass
 
 
+_TEMP_PREFIX = ".incoming-"  # a write in progress; what a crash leaves is removed on the next start
+
+
+def write_durably(target: pathlib.Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` so that a crash or power loss leaves either the old file
+    or the complete new one: write a temporary file in the same directory, fsync it, rename it
+    over ``target``, fsync the directory (which makes the rename itself durable)."""
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=_TEMP_PREFIX)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_directory(target.parent)
+
+
+def fsync_directory(directory: pathlib.Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class DirectoryStorage(MemoryStorage):
     """Blobs as files named by their hex digest, plus ``lookup.json`` (names and media types).
-    Uploads survive a restart."""
+    Uploads survive a restart, and a power loss: every write is fsynced (file and directory)
+    before the upload is acknowledged."""
 
     def __init__(self, path: pathlib.Path) -> None:
         super().__init__()
         self.path = path
         try:
             path.mkdir(parents=True, exist_ok=True)
+            for leftover in path.glob(_TEMP_PREFIX + "*"):  # a write a crash interrupted
+                leftover.unlink()
             lookup = path / "lookup.json"
             if lookup.exists():
                 data = json.loads(lookup.read_text())
@@ -103,15 +143,18 @@ class DirectoryStorage(MemoryStorage):
     def _file(self, ref: str) -> pathlib.Path:
         return self.path / ref.split(":", 1)[1]
 
-    def _store(self, ref: str, data: bytes, media: str) -> None:
+    def _store(self, ref: str, data: bytes, media: str) -> bool:
         target = self._file(ref)
-        if not target.exists():
-            with tempfile.NamedTemporaryFile(dir=self.path, delete=False) as f:
-                f.write(data)
-            os.replace(f.name, target)
-        if self._media.get(ref) != media:
-            self._media[ref] = media
-            self._save_names()
+        try:
+            complete = target.stat().st_size == len(data)
+        except FileNotFoundError:
+            complete = False
+        if not complete:  # (a blob a crash truncated before writes were durable is rewritten)
+            write_durably(target, data)
+        if self._media.get(ref) == media:
+            return False
+        self._media[ref] = media
+        return True
 
     def _has(self, ref: str) -> bool:
         return self._file(ref).exists()
@@ -124,10 +167,7 @@ class DirectoryStorage(MemoryStorage):
         return data, self._media.get(ref) or sniff(data) or "application/octet-stream"
 
     def _save_names(self) -> None:
-        lookup = self.path / "lookup.json"
-        tmp = lookup.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"names": self._names, "media": self._media}))
-        os.replace(tmp, lookup)
+        write_durably(self.path / "lookup.json", json.dumps({"names": self._names, "media": self._media}).encode())
 
 
 def open_storage(spec: str) -> MemoryStorage:
