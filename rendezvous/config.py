@@ -26,7 +26,9 @@ from rendezvous.settings import build, fields_of, positive, setting
 class ServerSettings:
     host: str = setting("0.0.0.0", help="address to listen on (use :: for dual-stack)")
     port: int | None = setting(None, help="TCP port (default: the profile's original port; 0 = ephemeral)")
-    http_server: str = setting("hypercorn", help="HTTP server plugin: hypercorn or uvicorn")
+    http_server: str = setting(
+        "native", help="HTTP server plugin: native (HTTP/1.1 + WebSocket, fastest), hypercorn (adds HTTP/2) or uvicorn"
+    )
     metrics_path: str = setting("/metrics", help="path of the Prometheus metrics ('' to disable)")
     healthz_path: str = setting("/healthz", help="path of the health check ('' to disable)")
     unsafe_logging: bool = setting(False, help="log client IP addresses instead of scrubbing them")

@@ -37,7 +37,7 @@ async def serve(
     profile: str | Sequence[str],
     settings: Mapping[str, Any] | None = None,
     *,
-    http_server: str = "hypercorn",
+    http_server: str = "native",
     server: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> AsyncIterator[RunningServer]:

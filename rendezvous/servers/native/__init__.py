@@ -32,13 +32,22 @@ class ServerState:
         self.options = options
         self.connections: set[Connection] = set()
         self.closing = False
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.loop = asyncio.get_running_loop()
+        #: channel handlers, which may outlive their connection (HTTP handlers are found through
+        #: their connections: a lost connection cancels its handler, and a set per request costs)
+        self.channel_tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, Any], channel: bool = False) -> asyncio.Task[Any]:
+        task = self.loop.create_task(coro)
+        if channel:
+            self.channel_tasks.add(task)
+            task.add_done_callback(self.channel_tasks.discard)
         return task
+
+    def busy(self) -> list[asyncio.Task[Any]]:
+        """The handlers still running."""
+        running = [c.task for c in self.connections if c.task is not None and not c.task.done()]
+        return running + [t for t in self.channel_tasks if t not in running]
 
 
 class NativeServer:
@@ -68,9 +77,9 @@ class NativeServer:
                 elif conn.task is None and conn.transport is not None:
                     conn.close_transport()  # idle keep-alive connection
             with anyio.move_on_after(options.grace):
-                while state.tasks:
+                while state.busy():
                     await asyncio.sleep(0.05)
-            for task in list(state.tasks):
+            for task in state.busy():
                 task.cancel()
             for conn in list(state.connections):
                 conn.close_transport()

@@ -86,6 +86,7 @@ class Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.reading_head = False
         self.head_bytes = 0
+        self.requests_begun = 0
         self.body: list[bytes] = []
         self.body_size = 0
         self.body_limit = 0
@@ -103,7 +104,12 @@ class Connection(asyncio.Protocol):
         self.read_pauses = 0
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
-        self.timer: asyncio.TimerHandle | None = None  # keep-alive or head deadline
+        # One deadline at a time (keep-alive or head); its timer is re-armed only when a
+        # deadline comes earlier than the armed one, not on every request.
+        self.deadline: float | None = None
+        self.on_deadline: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self.stall: asyncio.TimerHandle | None = None
         self.out: list[bytes] | None = None  # written this step, not yet handed to the transport
 
@@ -152,6 +158,7 @@ class Connection(asyncio.Protocol):
             self.early += data  # reading is paused until the handler decides: at most a read's worth
             return
         was_reading_head = self.reading_head
+        begun = self.requests_begun
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -168,13 +175,17 @@ class Connection(asyncio.Protocol):
             cause = error.__context__
             self._respond_and_close(cause.status if isinstance(cause, _Reject) else 400, b"bad request\n")
             return
-        if self.reading_head and was_reading_head:
-            # The head did not end in this chunk. (A chunk in which a head begins is not
-            # counted: it may hold the tail of the previous request's body; so the bound is
-            # MAX_HEAD plus one read.)
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD:
-                self._respond_and_close(414 if not self.headers and self.url else 431, b"")
+        if self.reading_head:
+            if was_reading_head and begun == self.requests_begun:
+                # The head did not end in this chunk. (A chunk in which a head begins is not
+                # counted: it may hold the tail of the previous request's body; so the bound
+                # is MAX_HEAD plus one read.)
+                self.head_bytes += len(data)
+                if self.head_bytes > MAX_HEAD:
+                    self._respond_and_close(414 if not self.headers and self.url else 431, b"")
+                    return
+            else:  # a head began and did not end here: it has HEAD_TIMEOUT to
+                self._arm(HEAD_TIMEOUT, self._head_timeout)
 
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -185,7 +196,7 @@ class Connection(asyncio.Protocol):
         self.body = []
         self.body_size = 0
         self.too_large = False
-        self._arm(HEAD_TIMEOUT, self._head_timeout)
+        self.requests_begun += 1
 
     def on_url(self, url: bytes) -> None:
         if len(self.url) + len(url) > MAX_URL:
@@ -225,14 +236,31 @@ class Connection(asyncio.Protocol):
 
     # -- timers and flow control ------------------------------------------------------------
     def _arm(self, delay: float, callback: Any) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = asyncio.get_running_loop().call_later(delay, callback)
+        """Call ``callback`` in ``delay`` seconds unless re-armed or disarmed first."""
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        self.deadline = at
+        self.on_deadline = callback
+        if self.timer is None or self.timer_at > at:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = loop.call_at(at, self._timer_fired)
+            self.timer_at = at
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None
+
+    def _timer_fired(self) -> None:
+        self.timer = None
+        if self.deadline is None or self.lost:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline:  # moved later since armed
+            self.timer = loop.call_at(self.deadline, self._timer_fired)
+            self.timer_at = self.deadline
+            return
+        self.deadline = None
+        self.on_deadline()
 
     def _idle_timeout(self) -> None:
         if self.websocket is None and self.task is None and self.transport is not None:
@@ -380,7 +408,7 @@ class Connection(asyncio.Protocol):
         channel = NativeChannel(self, info, route.max_message_size)
         self.candidate = channel
         self.pause(_UPGRADE)
-        self.task = self.server.spawn(self._run_channel(route, channel))
+        self.task = self.server.spawn(self._run_channel(route, channel), channel=True)
 
     def accept_websocket(self, subprotocol: str | None) -> None:
         key = self.pending_key or b""
