@@ -138,8 +138,11 @@ def _is_public(ip: str) -> bool:
 
 def client_ip(request: HttpRequest) -> str | None:
     """Leftmost public address in ``Forwarded``, then ``X-Forwarded-For``, then the peer."""
-    forwarded = request.headers.get("forwarded", "")
-    for element in forwarded.split(","):
+    headers = request.headers
+    if "forwarded" not in headers and "x-forwarded-for" not in headers:
+        return request.client_host  # the common case: no proxy in front
+    forwarded = headers.get("forwarded", "")
+    for element in forwarded.split(",") if forwarded else ():
         for pair in element.split(";"):
             key, _, value = pair.strip().partition("=")
             if key.lower() == "for":
@@ -150,9 +153,9 @@ def client_ip(request: HttpRequest) -> str | None:
                     value = value.partition(":")[0]
                 if _is_public(value):
                     return value
-    for value in request.headers.get("x-forwarded-for", "").split(","):
+    for value in headers.get("x-forwarded-for", "").split(","):
         value = value.strip()
-        if _is_public(value):
+        if value and _is_public(value):
             return value
     return request.client_host
 
