@@ -61,15 +61,31 @@ class _Reject(Exception):
 class _Request:
     """One parsed HTTP request, snapshotted so pipelined requests don't overwrite each other."""
 
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "too_large")
+    __slots__ = ("method", "url", "path", "query", "route", "headers", "body", "keep_alive", "too_large")
 
-    def __init__(self, method: str, url: bytes, headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool, too_large: bool) -> None:
+    def __init__(
+        self, method: str, url: bytes, path: str, query: str, route: ExchangeRoute | None,
+        headers: list[tuple[bytes, bytes]], body: bytes, keep_alive: bool, too_large: bool,
+    ) -> None:
         self.method = method
         self.url = url
+        self.path = path
+        self.query = query
+        self.route = route
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
         self.too_large = too_large
+
+
+_METHODS: dict[bytes, str] = {}
+
+
+def _method(raw: bytes) -> str:
+    method = _METHODS.get(raw)
+    if method is None:
+        method = _METHODS[raw] = raw.decode("latin-1")
+    return method
 
 
 class Connection(asyncio.Protocol):
@@ -83,6 +99,9 @@ class Connection(asyncio.Protocol):
         self.lost = False
         # the request being parsed
         self.url = b""
+        self.path = ""
+        self.query = ""
+        self.route: ExchangeRoute | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reading_head = False
         self.head_bytes = 0
@@ -212,8 +231,10 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.reading_head = False
         self._disarm()
-        route = self._exchange_route(self.url)
-        self.body_limit = route.max_body_size if route is not None else FALLBACK_BODY_LIMIT
+        self.path, self.query = split_url(self.url)
+        route = self.server.app.resolve("exchange", self.path)
+        self.route = route if isinstance(route, ExchangeRoute) else None
+        self.body_limit = self.route.max_body_size if self.route is not None else FALLBACK_BODY_LIMIT
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -225,9 +246,10 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.parser.should_upgrade():
             return  # handled by the HttpParserUpgrade path
+        body = self.body
         self.requests.append(_Request(
-            self.parser.get_method().decode("latin-1"), self.url, self.headers, b"".join(self.body),
-            self.parser.should_keep_alive(), self.too_large,
+            _method(self.parser.get_method()), self.url, self.path, self.query, self.route, self.headers,
+            body[0] if len(body) == 1 else b"".join(body), self.parser.should_keep_alive(), self.too_large,
         ))
         if len(self.requests) >= PIPELINE:
             self.pause(_QUEUED)  # a client pipelining far ahead waits for its answers
@@ -343,10 +365,6 @@ class Connection(asyncio.Protocol):
         self.close_transport()
 
     # -- HTTP -------------------------------------------------------------------------------
-    def _exchange_route(self, url: bytes) -> ExchangeRoute | None:
-        route = self.server.app.resolve("exchange", split_url(url)[0])
-        return route if isinstance(route, ExchangeRoute) else None
-
     async def _handle_http(self) -> None:
         """Answer queued requests in order (HTTP/1.1 pipelining), then go back to reading."""
         while self.requests and not self.lost:
@@ -362,8 +380,7 @@ class Connection(asyncio.Protocol):
             self._arm(self.server.options.keep_alive, self._idle_timeout)
 
     async def _answer(self, req: _Request) -> bool:
-        path, query = split_url(req.url)
-        route = self._exchange_route(req.url)
+        path, query, route = req.path, req.query, req.route
         keep_alive = req.keep_alive
         try:
             if route is None:
