@@ -14,7 +14,15 @@ import re
 import secrets
 
 from rendezvous.observe.logging import get_logger
-from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute, ExchangeRoute, HttpRequest, HttpResponse
+from rendezvous.transports.base import (
+    Channel,
+    ChannelClosed,
+    ChannelRoute,
+    ExchangeRoute,
+    HttpRequest,
+    HttpResponse,
+    SessionRoute,
+)
 
 log = get_logger("rendezvous.exchange")
 
@@ -62,7 +70,7 @@ async def run_exchange(route: ExchangeRoute, request: HttpRequest, too_large: bo
     return response
 
 
-async def run_channel(route: ChannelRoute, channel: Channel) -> None:
+async def run_channel(route: ChannelRoute | SessionRoute, channel: Channel) -> None:
     """Run ``route``'s handler on ``channel``; close the channel when it returns.
 
     An unexpected exception closes that one channel with 1011 and is logged once; the

@@ -33,6 +33,7 @@ from aioquic.h3.events import DataReceived, DatagramReceived, HeadersReceived, W
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, StreamDataReceived, StreamReset
 
+from rendezvous.transports.handlers import run_channel, run_exchange
 from rendezvous.transports.base import (
     ChannelClosed,
     ChannelRoute,
@@ -365,9 +366,8 @@ class _H3Protocol(QuicConnectionProtocol):
         if not isinstance(route, ExchangeRoute) or self.owner.closing:
             self.reply(stream_id, HttpResponse.text(404 if not self.owner.closing else 503, "not found\n"))
             return
-        refused = route.refusal(method)
-        if refused is not None:
-            self.reply(stream_id, refused)
+        if route.refusal(method) is not None:  # answered at once, without waiting for a body
+            self._start_exchange(route, stream_id, HttpRequest(method, path, query, _plain(headers), b"", self._peer()[0]))
             return
         self.requests[stream_id] = (route, headers, bytearray())
         if ended:
@@ -376,31 +376,31 @@ class _H3Protocol(QuicConnectionProtocol):
     def _request_data(self, stream_id: int, data: bytes, ended: bool) -> None:
         route, headers, body = self.requests[stream_id]
         body += data
-        if len(body) > route.max_body_size:
-            del self.requests[stream_id]
-            self.reply(stream_id, HttpResponse(route.too_large_status))
-            return
-        if not ended:
+        too_large = len(body) > route.max_body_size
+        if not ended and not too_large:
             return
         del self.requests[stream_id]
         path, _, query = headers.get(":path", "/").partition("?")
-        request = HttpRequest(headers.get(":method", "GET"), path, query, _plain(headers), bytes(body), self._peer()[0])
-        self.owner.spawn(self._exchange(route, stream_id, request))
+        request = HttpRequest(headers.get(":method", "GET"), path, query, _plain(headers), b"" if too_large else bytes(body), self._peer()[0])
+        self._start_exchange(route, stream_id, request, too_large)
+
+    def _start_exchange(self, route: ExchangeRoute, stream_id: int, request: HttpRequest, too_large: bool = False) -> None:
+        self.owner.spawn(self._exchange(route, stream_id, request, too_large))
 
     def _peer(self) -> tuple[Any, Any]:
         return self._quic._network_paths[0].addr if self._quic._network_paths else (None, None)
 
-    async def _exchange(self, route: ExchangeRoute, stream_id: int, request: HttpRequest) -> None:
+    async def _exchange(self, route: ExchangeRoute, stream_id: int, request: HttpRequest, too_large: bool) -> None:
         self.exchanges[stream_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            response = await route.handler(request)
+            response = await run_exchange(route, request, too_large)
         finally:
             self.exchanges.pop(stream_id, None)
         self.reply(stream_id, response)
 
     def reply(self, stream_id: int, response: HttpResponse) -> None:
         headers = [(b":status", str(response.status).encode())]
-        headers += [(k.lower().encode(), v.encode()) for k, v in response.headers]
+        headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in response.headers]
         headers.append((b"content-length", str(len(response.body)).encode()))
         self._send(stream_id, headers, response.body, end=True)
 
@@ -435,12 +435,9 @@ class _H3Protocol(QuicConnectionProtocol):
     async def _run(self, route: ChannelRoute | SessionRoute, channel: WebTransportSession) -> None:
         self.owner.open.add(channel)
         try:
-            await route.handler(channel)
-        except ChannelClosed:
-            pass
+            await run_channel(route, channel)  # type: ignore[arg-type]
         finally:
             self.owner.open.discard(channel)
-            await channel.close(1000)
 
     # -- sending -------------------------------------------------------------------------------
     def respond(self, stream_id: int, status: int, end: bool = False, protocol: str | None = None) -> None:
