@@ -29,74 +29,47 @@ class BadRequest(ValueError):
     """The request does not decode; ``str()`` is the error text the Go broker would give."""
 
 
-_decoder = json.JSONDecoder()
-
-
 def go_marshal(fields: list[tuple[str, Any]]) -> bytes:
     """``json.Marshal`` of a Go struct: keys in field order, compact, Go's escaping."""
     body = ",".join(f"{json.dumps(k)}:{json.dumps(v, ensure_ascii=False)}" for k, v in fields)
     return gojson.escape("{" + body + "}").encode()
 
 
-_GO_CONTEXT = {
-    "Expecting value": "looking for beginning of value",
-    "Expecting property name enclosed in double quotes": "looking for beginning of object key string",
-    "Expecting ':' delimiter": "after object key",
-    "Expecting ',' delimiter": "after object key:value pair",
-}
-
-
-def _go_char(ch: str) -> str:
-    return "'\\''" if ch == "'" else f"'{ch}'"
-
-
-def _go_syntax_error(exc: json.JSONDecodeError) -> str:
-    """Go's encoding/json wording for the common syntax errors."""
-    if exc.pos >= len(exc.doc) or exc.msg.startswith("Unterminated"):
-        return "unexpected end of JSON input"
-    context = _GO_CONTEXT.get(exc.msg, "looking for beginning of value")
-    return f"invalid character {_go_char(exc.doc[exc.pos])} {context}"
-
-
 def _go_type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float, gojson.Number)):
         return "number"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, list):
+    if isinstance(value, list) and not isinstance(value, gojson.Object):
         return "array"
     return "object"
 
 
+def _is_int64(value: Any) -> bool:
+    return type(value) is int and -(2**63) <= value < 2**63
+
+
 def decode_object(data: bytes | str, schema: dict[str, type], struct: str) -> dict[str, Any]:
-    """Decode a JSON object into ``schema``'s fields the way Go does; errors carry Go's text."""
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("utf-8", "replace")
-    else:
-        text = data
-    stripped = text.strip(" \t\r\n")
-    if not stripped:
-        raise BadRequest("unexpected end of JSON input")
+    """Decode a JSON object into ``schema``'s fields the way Go does; errors carry Go's text.
+
+    Go reads the pairs in order: a value of the wrong type leaves its field alone and the first
+    such error is the one returned; a number that does not fit an int field (``1.5``, ``1e999``,
+    2**63) is such an error, with the number's text in it.
+    """
     try:
-        value, end = _decoder.raw_decode(stripped)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(_go_syntax_error(exc)) from None
-    except RecursionError:
-        raise BadRequest("exceeded max depth") from None
-    if end != len(stripped):
-        raise BadRequest(f"invalid character {_go_char(stripped[end])} after top-level value")
+        value = gojson.loads(data, pairs=True)
+    except gojson.DecodeError as exc:
+        raise BadRequest(str(exc)) from None
     out: dict[str, Any] = {}
     if value is None:
         return out
-    if not isinstance(value, dict):
+    if not isinstance(value, gojson.Object):
         raise BadRequest(f"json: cannot unmarshal {_go_type_name(value)} into Go value of type messages.{struct}")
     names = {name.lower(): name for name in schema}
-    for key, item in value.items():
+    error = None
+    for key, item in value:
         name = names.get(key.lower())
         if name is None:
             continue
@@ -104,19 +77,21 @@ def decode_object(data: bytes | str, schema: dict[str, type], struct: str) -> di
             if schema[name] is type(None):  # pointer field: null means absent
                 out.pop(name, None)
             continue
-        want = schema[name]
-        if want is type(None):
-            want = str
+        want = str if schema[name] is type(None) else schema[name]
         if want is int:
-            ok = isinstance(item, int) and not isinstance(item, bool) and -(2**63) <= item < 2**63
+            ok = _is_int64(item)
         else:
-            ok = isinstance(item, want) and not (want is int and isinstance(item, bool))
-        if not ok:
+            ok = isinstance(item, want)
+        if ok:
+            out[name] = item
+        elif error is None:
+            found = _go_type_name(item)
+            if want is int and found == "number":
+                found += f" {item}"  # Go names the number it could not store in an int
             kind = "int" if want is int else "string"
-            raise BadRequest(
-                f"json: cannot unmarshal {_go_type_name(item)} into Go struct field {struct}.{name} of type {kind}"
-            )
-        out[name] = item
+            error = f"json: cannot unmarshal {found} into Go struct field {struct}.{name} of type {kind}"
+    if error is not None:
+        raise BadRequest(error)
     return out
 
 

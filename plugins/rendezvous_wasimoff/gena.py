@@ -44,6 +44,21 @@ class RpcFailed(Exception):
     """The provider answered a call with an ``Error`` (an application error)."""
 
 
+class BadReply(ValueError):
+    """The provider answered a call with a body of the wrong shape (Go's decode fails): its session ends."""
+
+
+def read_listing(listing: Any) -> dict[str, str]:
+    """An ``fs:list`` body (nil, or an array of ``{filename, hash, ...}`` maps) → name → sha256 hex."""
+    if listing is None:
+        return {}
+    if not isinstance(listing, list) or not all(isinstance(item, dict) for item in listing):
+        found = type(listing).__name__ if not isinstance(listing, list) else "an array holding a non-map"
+        raise BadReply(f"fs:list answered {found}, not an array of files")
+    return {item["filename"]: item["hash"].hex() for item in listing
+            if isinstance(item.get("filename"), str) and isinstance(item.get("hash"), bytes)}
+
+
 class MsgpackRpcClient:
     """Go ``net/rpc`` over MessagePack on one stream, the broker being the client."""
 
@@ -212,7 +227,7 @@ class GenerationA:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             return HttpResponse(400, b"no config parsers besides JSON are implemented yet\n", self._headers(TEXT))
         try:
-            config = json.loads(request.body)
+            config = gojson.loads(request.body)  # as Go decodes it: nothing in it is unencodable
             tasks = self._validate(config)
         except (ValueError, RecursionError) as exc:
             return HttpResponse(400, f"failed to validate run configuration: {exc}\n".encode(), self._headers(TEXT))
@@ -327,6 +342,7 @@ class GenerationA:
         # before it sees it (spec §7.3).
         provider.rpc = MsgpackRpcClient(session.open_stream(), self.settings.max_message_size)
         runtime = self.runtime
+        close_code, close_reason = 1000, ""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._rpc_reader, provider, tg.cancel_scope)
             tg.start_soon(self._control_reader, provider, control, tg.cancel_scope)
@@ -334,10 +350,7 @@ class GenerationA:
                 with anyio.fail_after(self.settings.listing_timeout):
                     if await provider.rpc.call("ping", "ping") != "pong":
                         raise RpcFailed("ping was not answered with pong")
-                    listing = await provider.rpc.call("fs:list", None) or []
-                    for item in listing:
-                        if isinstance(item, dict) and isinstance(item.get("filename"), str) and isinstance(item.get("hash"), bytes):
-                            provider.files[item["filename"]] = item["hash"].hex()
+                    provider.files.update(read_listing(await provider.rpc.call("fs:list", None)))
                 for stored_name in runtime.storage.names():
                     found = runtime.storage.get(stored_name)
                     if found is not None:
@@ -348,11 +361,13 @@ class GenerationA:
                 await anyio.sleep_forever()
             except (RpcFailed, ChannelClosed, TimeoutError, ValueError) as exc:
                 runtime.log.info("provider failed to register", provider=name, generation="A", error=str(exc)[:200])
+                if isinstance(exc, BadReply):
+                    close_code, close_reason = 1007, str(exc)
             finally:
                 with anyio.CancelScope(shield=True):
                     tg.cancel_scope.cancel()
                     await runtime.retire_provider(provider, name, self.providers, generation="A")
-                    await session.close(1000)
+                    await session.close(close_code, close_reason)
 
     async def _rpc_reader(self, provider: GenAProvider, scope: anyio.CancelScope) -> None:
         try:
@@ -423,7 +438,8 @@ class GenerationA:
                 done = trace_event("broker: task rpc completed")
                 for event in (reply.get("trace") if isinstance(reply, dict) else None) or []:
                     if isinstance(event, dict) and isinstance(event.get("label"), str):
-                        trace.append({"time": event.get("time"), "label": "provider: " + event["label"]})
+                        time_us = event.get("time")  # int64 µs; anything else would not encode as JSON
+                        trace.append({"time": time_us if type(time_us) is int else None, "label": "provider: " + event["label"]})
                 trace.append(done)
             if not isinstance(reply, dict):
                 response.error = "malformed run result from provider"

@@ -25,7 +25,11 @@ other shape too, at the same path, so any profile runs over any transport withou
     ``body`` for bytes). The reply is ``{"id": <same>, "status": 200, "headers": {...},
     "body": "<text>"}`` (``body_base64`` when the body is not UTF-8).
   - Requests run concurrently (long-polls may overlap), at most ``max_in_flight`` per channel
-    (more → status 429). Replies come in completion order, matched by ``id``.
+    (more → status 429). Replies come in completion order, matched by ``id``, which comes back
+    as sent (a number as written, ``1e999`` included). A handler that fails answers ``500``
+    with a request id, logged with its traceback, as over HTTP; the channel keeps serving.
+  - Strings become request text as a browser's ``fetch`` makes them: a lone surrogate (from a
+    ``\\ud800`` escape) is U+FFFD. ``NaN`` and ``Infinity`` are not JSON.
   - A message that is not a JSON object closes the channel with 1007; a binary message, 1003.
     Closing the channel cancels its requests in flight, as a client hanging up would.
 """
@@ -36,12 +40,14 @@ import asyncio
 import base64
 import binascii
 import json
+import math
 import secrets
 import time
 from typing import Any, Iterable, Sequence
 
 import attrs
 
+from rendezvous import gojson
 from rendezvous.transports.base import (
     ChannelClosed,
     ChannelRoute,
@@ -54,8 +60,37 @@ from rendezvous.transports.base import (
     Route,
     SendTimeout,
 )
+from rendezvous.transports.handlers import run_exchange
 
 JSON = (("content-type", "application/json"),)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_int(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:  # more digits than Python converts: kept as written
+        return gojson.Number(text)
+
+
+def _parse_float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else gojson.Number(text)  # 1e999: kept as written
+
+
+_decode_envelope = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_parse_int, parse_float=_parse_float).decode
+
+
+def _usv(text: str) -> str:
+    """A string as ``fetch`` sends it: lone surrogates become U+FFFD."""
+    return text if text.isascii() or not gojson.SURROGATE.search(text) else gojson.SURROGATE.sub("\ufffd", text)
+
+
+# Replies: the id goes back as it came, however deep or large.
+_dumps = gojson.encoder()
 
 
 def _query_param(query: str, name: str) -> tuple[str | None, str]:
@@ -285,7 +320,7 @@ class Bridges:
                         await channel.close(1003, "requests are JSON text messages")
                         return
                     try:
-                        envelope = json.loads(message)
+                        envelope = _decode_envelope(message)
                     except (ValueError, RecursionError):
                         envelope = None
                     if not isinstance(envelope, dict):
@@ -307,30 +342,25 @@ class Bridges:
         request_id = envelope.get("id")
         method = envelope.get("method", "POST")
         headers = envelope.get("headers", {})
+        query = envelope.get("query", "")
         try:
             if "body_base64" in envelope:
                 body = base64.b64decode(envelope["body_base64"], validate=True)
             else:
                 text = envelope.get("body", "")
-                body = text.encode() if isinstance(text, str) else b"\0"
                 if not isinstance(text, str):
                     raise ValueError
-            if not isinstance(method, str) or not isinstance(headers, dict) or not isinstance(envelope.get("query", ""), str):
+                body = _usv(text).encode()
+            if not isinstance(method, str) or not isinstance(headers, dict) or not isinstance(query, str):
                 raise ValueError
-        except (ValueError, TypeError, binascii.Error):
+            sent = {_usv(str(k).lower()): _usv(str(v)) for k, v in headers.items()}
+        except (ValueError, TypeError, binascii.Error, RecursionError):
             await _reply(channel, request_id, HttpResponse.text(400, "bad request envelope\n"))
             return
-        refused = route.refusal(method)
-        if refused is not None:
-            await _reply(channel, request_id, refused)
-            return
-        if len(body) > route.max_body_size:
-            await _reply(channel, request_id, HttpResponse(route.too_large_status))
-            return
-        merged = {**channel.info.headers, **{str(k).lower(): str(v) for k, v in headers.items()}}
-        request = HttpRequest(method, channel.info.path, envelope.get("query", ""), merged, body, channel.info.client_host)
-        response = await route.handler(request)
-        await _reply(channel, request_id, response)
+        request = HttpRequest(_usv(method), channel.info.path, _usv(query), {**channel.info.headers, **sent}, body,
+                              channel.info.client_host)
+        # As over HTTP: the method rule, the body cap, and a failing handler is a logged 500 (the channel serves on).
+        await _reply(channel, request_id, await run_exchange(route, request, len(body) > route.max_body_size))
 
     async def shutdown(self, code: int = 1001) -> None:
         self.closing = True
@@ -350,7 +380,7 @@ async def _reply(channel: Any, request_id: Any, response: HttpResponse) -> None:
     except UnicodeDecodeError:
         reply["body_base64"] = base64.b64encode(response.body).decode()
     try:
-        await channel.send(json.dumps(reply))
+        await channel.send(_dumps(reply))
     except ChannelClosed:
         pass
 
