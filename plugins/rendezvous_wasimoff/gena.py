@@ -27,6 +27,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
+import anyio.to_thread
 import msgpack
 
 from rendezvous import gojson
@@ -208,7 +209,7 @@ class GenerationA:
         if not name:
             return HttpResponse(400, b"need a name in query parameter\n", self._headers(TEXT))
         if query.get("persist", [""])[0].lower() not in ("n", "no", "false"):
-            self.runtime.storage.put(request.body, name, strict=False)
+            await anyio.to_thread.run_sync(lambda: self.runtime.storage.put(request.body, name, strict=False))  # hashing, fsync
         if not self.runtime.provider_count():
             return HttpResponse(503, b"provider list is empty\n", self._headers(TEXT))
         results: dict[str, str] = {}
@@ -428,7 +429,6 @@ class GenerationA:
         except RpcFailed as exc:
             response = schema.Wasip1Response(error=str(exc))
         except (ChannelClosed, TimeoutError) as exc:
-            runtime.metrics.retries.inc()
             await runtime.execute(runtime.dispatch.transport_error(runtime.clock(), task, provider, str(exc) or "provider gone"))
             runtime.driver.poke()
             return

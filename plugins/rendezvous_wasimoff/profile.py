@@ -179,9 +179,6 @@ class RetryCounter:
     def attempt(self, number: int) -> None:
         self.counts[number] = self.counts.get(number, 0) + 1
 
-    def inc(self) -> None:
-        """Kept for callers that count failures; retries are counted when they are sent."""
-
     def collect(self):  # type: ignore[no-untyped-def]
         metric = Metric(self.name, "number of retries across all scheduled tasks", "unknown")
         for number, count in sorted(self.counts.items()):
