@@ -154,7 +154,6 @@ async def test_abrupt_close_of_the_quic_connection_ends_the_channel():
         wt = await wt_connect(srv.webtransport_url + "/join").__aenter__()
         await wt.send("{}")
         await wait_until(lambda: srv.metrics.get_sample_value("rendezvous_overlay_prospects") == 1)
-        wt._protocol._quic.close(error_code=0x100)  # CONNECTION_CLOSE, no capsule, no FIN
-        wt._protocol.transmit()
+        wt.abort(0x100)  # CONNECTION_CLOSE, no capsule, no FIN
         await wait_until(lambda: srv.metrics.get_sample_value("rendezvous_overlay_prospects") == 0)
         assert runtime.router.root_count == 0
