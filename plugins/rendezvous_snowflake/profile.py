@@ -50,9 +50,6 @@ def _go(name: str) -> list[str]:
 class SnowflakeSettings:
     addr: str = setting(":443", help="address to listen on, Go style: [host]:port", flags=_go("addr"))
     disable_tls: bool = setting(False, help="don't use HTTPS", flags=_go("disable-tls"))
-    acme_hostnames: str = setting("", help="comma-separated hostnames for ACME (not supported yet)", flags=_go("acme-hostnames"))
-    acme_email: str = setting("", help="ACME contact e-mail (not supported yet)", flags=_go("acme-email"))
-    acme_cert_cache: str = setting("acme-cert-cache", help="ACME certificate cache directory (not supported yet)", flags=_go("acme-cert-cache"))
     bridge_list_path: pathlib.Path | None = setting(None, help="file of known bridges (newline-delimited JSON)", flags=_go("bridge-list-path"))
     allowed_relay_pattern: str = setting("", help="pattern proxies must accept for relay URLs (e.g. snowflake.torproject.net$)", flags=_go("allowed-relay-pattern"))
     default_relay_pattern: str = setting("", help="pattern assumed for proxies that send no AcceptedRelayPattern (v2.5.1)", flags=_go("default-relay-pattern"))
@@ -90,20 +87,22 @@ class SnowflakeProfile:
     default_port = 443
     server_env: Mapping[str, Sequence[str]] = {}
     server_defaults: Mapping[str, Any] = {"metrics_path": "/prometheus"}
-    server_flags: Mapping[str, Sequence[str]] = {"cert": _go("cert"), "key": _go("key"), "unsafe_logging": _go("unsafe-logging")}
+    # ACME is a server feature ([server] acme_*); the Go broker's flags are its names here.
+    server_flags: Mapping[str, Sequence[str]] = {
+        "cert": _go("cert"), "key": _go("key"), "unsafe_logging": _go("unsafe-logging"),
+        "acme_hostnames": _go("acme-hostnames"), "acme_email": _go("acme-email"), "acme_cert_cache": _go("acme-cert-cache"),
+    }
 
     def server_values(self, settings: SnowflakeSettings) -> Mapping[str, tuple[Any, str]]:
         host, port = parse_addr(settings.addr)
         return {"host": (host, "snowflake.addr"), "port": (port, "snowflake.addr")}
 
     def validate(self, settings: SnowflakeSettings, server: Any) -> None:
-        if settings.acme_hostnames:
-            raise ConfigError("--acme-hostnames: ACME is not supported yet (use --cert and --key, or --disable-tls)")
         if settings.broker_sqs_name or settings.broker_sqs_region:
             raise ConfigError("--broker-sqs-name/--broker-sqs-region: SQS rendezvous is not supported yet")
         if settings.ip_count_log or settings.ip_count_mask:
             raise ConfigError("--ip-count-log/--ip-count-mask: proxy IP counting is not supported yet")
-        if server.cert is None and not settings.disable_tls:
+        if server.cert is None and not server.acme_hostnames and not settings.disable_tls:
             raise ConfigError("the --acme-hostnames, --cert and --key, or --disable-tls option is required")
 
     def create(self, context: ProfileContext) -> "SnowflakeRuntime":
@@ -368,7 +367,9 @@ class SnowflakeRuntime:
             return HttpResponse(503)
         if error == STR_TIMED_OUT:
             return HttpResponse(504)
-        return HttpResponse(500)
+        # A request that does not decode (a bad Snowflake-NAT-Type, say): Go's broker panics
+        # here and drops the connection; the client's fault is a 400.
+        return HttpResponse(400)
 
     async def amp_client(self, request: HttpRequest) -> HttpResponse:
         try:

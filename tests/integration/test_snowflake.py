@@ -156,6 +156,9 @@ async def test_legacy_client(http_server):
             await wait_polling(srv)
             r = await http.post(srv.url + "/client", content=legacy)
         assert r.status_code == 504
+        # a NAT type that does not decode: the client's fault (Go's broker panics and drops it)
+        r = await http.post(srv.url + "/client", content=legacy, headers={"snowflake-nat-type": "carrier-grade"})
+        assert r.status_code == 400
 
 
 # 9, 10, 11, 12, 13: AMP cache
