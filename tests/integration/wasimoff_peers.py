@@ -199,7 +199,7 @@ class GenAPeer:
 
         import anyio.to_thread
 
-        from rendezvous_wasimoff.provider import _Slot
+        from rendezvous_wasimoff.peer.slot import WasmSlot
 
         self.runs.append(body)
         if body["binary"] not in self.files:
@@ -214,7 +214,7 @@ class GenAPeer:
         artifacts = [body["datafile"]] if body.get("datafile") else []
         argv = [body["binary"], *(body.get("args") or [])]
         status, stdout, stderr, packed = await anyio.to_thread.run_sync(
-            _Slot().run, body["binary"], self.files[body["binary"]], argv, body.get("envs") or [],
+            WasmSlot().run, body["binary"], self.files[body["binary"]], argv, body.get("envs") or [],
             (body.get("stdin") or "").encode(), rootfs, artifacts)
         trace = [{"time": 1, "label": "worker: start"}, {"time": 2, "label": "worker: done"}] if body.get("trace") else None
         result = {"exitcode": status, "stdout": stdout.decode(), "stderr": stderr.decode(), "trace": trace}
