@@ -66,6 +66,9 @@ def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: 
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # exc_info (ours: True; stdlib records: a tuple) -> "exception": the formatted traceback,
+        # in both formats, before scrubbing: tracebacks may quote client addresses.
+        structlog.processors.format_exc_info,
     ]
     if not unsafe_logging:
         processors.append(scrub_processor)
@@ -87,7 +90,8 @@ def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: 
             foreign_pre_chain=[structlog.stdlib.add_log_level],
         )
     )
-    for name in ("hypercorn.error", "uvicorn", "uvicorn.error", "rendezvous"):
+    # asyncio: "Exception in callback" / "Task exception was never retrieved" reports.
+    for name in ("hypercorn.error", "uvicorn", "uvicorn.error", "rendezvous", "asyncio"):
         stdlib_logger = logging.getLogger(name)
         stdlib_logger.handlers[:] = [handler]
         stdlib_logger.setLevel(max(numeric, logging.WARNING) if name != "rendezvous" else numeric)

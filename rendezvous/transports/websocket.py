@@ -15,6 +15,9 @@ from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionIn
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_SEND_TIMEOUT = 1.0
+#: WebSocket over HTTP/1.1 (RFC 6455), HTTP/2 (RFC 8441) or HTTP/3 (RFC 9220), as ASGI servers
+#: name them; hypercorn hands on an HTTP/1 upgrade with any request-line version ("2.0", "9.9").
+WEBSOCKET_HTTP_VERSIONS = frozenset({"1.1", "2", "3"})
 
 
 def connection_info(scope: dict[str, Any], transport: str) -> ConnectionInfo:
@@ -151,6 +154,9 @@ class WebSocketTransport:
 
         async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
             channel = WebSocketChannel(scope, receive, send, max_size)
+            if scope.get("http_version", "1.1") not in WEBSOCKET_HTTP_VERSIONS:
+                await channel.refuse(505, b"WebSocket needs HTTP/1.1\n")
+                return
             if self._closing:
                 await channel.refuse(503)
                 return
