@@ -174,3 +174,95 @@ async def test_slow_reader_does_not_block_others(http_server):
             assert (await recv_json(root))["fine"] is True
         assert srv.metrics.get_sample_value("rendezvous_overlay_dropped_total", {"reason": "slow_receiver"}) == 1
         await stream.aclose()
+
+
+@pytest.mark.parametrize("trickle", [
+    [b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: b\r\n"],  # a head that never ends
+    [b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", b"abc", b"def"],  # a body that never ends
+])
+async def test_slow_loris_gets_408_and_is_dropped(srv, trickle, monkeypatch):
+    from rendezvous.servers.native import connection
+
+    monkeypatch.setattr(connection, "HEAD_TIMEOUT", 0.5)
+    stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+    for piece in trickle:
+        await stream.send(piece)
+        await anyio.sleep(0.1)  # trickling, but each piece well inside the deadline
+    with anyio.fail_after(3):
+        reply = await stream.receive()
+        assert reply.startswith(b"HTTP/1.1 408")
+        with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+            while True:
+                await stream.receive()
+
+
+async def test_half_closed_client_still_gets_its_answer(srv):
+    stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+    await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await stream.send_eof()
+    data = b""
+    with anyio.fail_after(5):
+        try:
+            while True:
+                data += await stream.receive()
+        except anyio.EndOfStream:
+            pass
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"ok\n")
+
+
+async def test_a_client_that_pipelines_without_reading_is_not_buffered_without_bound(srv):
+    """The server stops reading from a peer whose output it cannot deliver, so the peer's
+    sends stall instead of the server's memory growing (native)."""
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.setblocking(False)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 100
+    sent = 0
+    with anyio.fail_after(20):
+        stalled_since = None
+        while sent < 20_000_000:
+            try:
+                sent += sock.send(request)
+                stalled_since = None
+            except BlockingIOError:
+                now = anyio.current_time()
+                stalled_since = stalled_since or now
+                if now - stalled_since > 1.0:
+                    break  # the server stopped reading us
+                await anyio.sleep(0.01)
+    sock.close()
+    assert sent < 20_000_000  # with no bound the server read (and answered into memory) all of it
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(srv.url + "/healthz")).status_code == 200
+
+
+async def test_a_peer_that_never_reads_its_output_is_dropped(srv, monkeypatch):
+    from rendezvous.servers.native import connection
+
+    monkeypatch.setattr(connection, "STALL_TIMEOUT", 0.5)
+    import socket
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.setblocking(False)
+    ping = frame(0x9, b"x" * 125)
+    stream, _ = await raw_ws(srv)  # keep a second, well-behaved socket to check the server serves on
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.send(UPGRADE.format(path="/join", key=key).encode())
+    await anyio.sleep(0.2)
+    with anyio.fail_after(20):
+        while True:
+            try:
+                sock.send(ping * 50)  # pings whose pongs are never read
+            except BlockingIOError:
+                await anyio.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # dropped
+            await anyio.sleep(0)
+    sock.close()
+    await stream.send(frame(0x8, struct.pack("!H", 1000)))
+    assert await read_close_code(stream) == 1000

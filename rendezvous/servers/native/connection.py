@@ -33,7 +33,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 MAX_URL = 8 * 1024  # request target, as nginx's default large_client_header_buffers
 MAX_HEAD = 64 * 1024  # request line and headers together
-HEAD_TIMEOUT = 10.0  # seconds to send a request's line and headers once begun
+HEAD_TIMEOUT = 10.0  # seconds to send a request's line and headers once begun, and at most between reads of a body
 STALL_TIMEOUT = 30.0  # seconds a peer may leave our output unread before it is dropped
 PIPELINE = 8  # requests queued before reading stops
 FALLBACK_BODY_LIMIT = 1024 * 1024
@@ -104,6 +104,8 @@ class Connection(asyncio.Protocol):
         self.route: ExchangeRoute | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reading_head = False
+        self.reading_body = False
+        self.eof = False  # the client half-closed: answer what it asked, then close
         self.head_bytes = 0
         self.requests_begun = 0
         self.body: list[bytes] = []
@@ -205,6 +207,15 @@ class Connection(asyncio.Protocol):
                     return
             else:  # a head began and did not end here: it has HEAD_TIMEOUT to
                 self._arm(HEAD_TIMEOUT, self._head_timeout)
+        elif self.reading_body:  # a body is arriving: each read may be at most HEAD_TIMEOUT apart
+            self._arm(HEAD_TIMEOUT, self._head_timeout)
+
+    def eof_received(self) -> bool | None:
+        self.flush()  # what this loop step wrote must not be lost with the close
+        if self.websocket is None and (self.task is not None or self.requests):
+            self.eof = True
+            return True  # keep the write side open for the answers
+        return None
 
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -230,6 +241,7 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.reading_head = False
+        self.reading_body = True
         self._disarm()
         self.path, self.query = split_url(self.url)
         route = self.server.app.resolve("exchange", self.path)
@@ -244,6 +256,7 @@ class Connection(asyncio.Protocol):
             self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.reading_body = False
         if self.parser.should_upgrade():
             return  # handled by the HttpParserUpgrade path
         body = self.body
@@ -289,7 +302,8 @@ class Connection(asyncio.Protocol):
             self.close_transport()
 
     def _head_timeout(self) -> None:
-        if self.reading_head and self.transport is not None and not self.lost:
+        """A head or body that stopped arriving (slow-loris): 408 and close."""
+        if (self.reading_head or self.reading_body) and self.transport is not None and not self.lost:
             self._respond_and_close(408, b"")
 
     def _stalled(self) -> None:
@@ -360,7 +374,7 @@ class Connection(asyncio.Protocol):
         self.write(b"".join(lines))
 
     def _respond_and_close(self, status: int, body: bytes) -> None:
-        self.reading_head = False
+        self.reading_head = self.reading_body = False
         self.respond(status, body, (("content-type", "text/plain; charset=utf-8"),), keep_alive=False)
         self.close_transport()
 
@@ -376,7 +390,9 @@ class Connection(asyncio.Protocol):
                 break
             self.resume(_QUEUED)
         self.task = None
-        if not self.lost and not self.reading_head:
+        if self.eof and not self.lost:
+            self.close_transport()
+        elif not self.lost and not self.reading_head:
             self._arm(self.server.options.keep_alive, self._idle_timeout)
 
     async def _answer(self, req: _Request) -> bool:
