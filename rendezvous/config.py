@@ -18,6 +18,8 @@ from typing import Any, Mapping, Sequence
 import attrs
 
 from rendezvous import plugins
+from rendezvous.acme.issue import LETS_ENCRYPT
+from rendezvous.acme.policy import check_hostname, parse_listen_address
 from rendezvous.errors import ConfigError
 from rendezvous.settings import build, fields_of, positive, setting
 
@@ -44,6 +46,11 @@ class ServerSettings:
     longpoll_wait: float = setting(25.0, help="seconds a long-poll GET for a channel's next message waits", validator=positive)
     longpoll_idle: float = setting(60.0, help="a long-poll channel nobody polls for this many seconds closes (1006)", validator=positive)
     mount: tuple[str, ...] = setting((), help="where a profile is served: NAME=/prefix, NAME=:PORT (a listener of its own) or NAME=:PORT/prefix (repeatable)")
+    acme_hostnames: tuple[str, ...] = setting((), help="hostnames to get a certificate for over ACME (comma-separated); serve HTTPS with it")
+    acme_email: str = setting("", help="contact e-mail for the ACME account")
+    acme_cert_cache: pathlib.Path = setting(pathlib.Path("acme-cert-cache"), help="directory of the ACME account key and certificates")
+    acme_directory_url: str = setting(LETS_ENCRYPT, help="the ACME CA's directory URL (default: Let's Encrypt)")
+    acme_http_addr: str = setting(":80", help="[host]:port of the HTTP-01 challenge listener (also redirects HTTP to HTTPS)")
 
     def __attrs_post_init__(self) -> None:
         if self.log_format not in ("auto", "console", "json"):
@@ -55,11 +62,31 @@ class ServerSettings:
         if self.port is not None and not 0 <= self.port <= 65535:
             raise ValueError(f"port: must be 0..65535, got {self.port}")
         self.mounts()  # checks the format
+        if self.cert is not None and (self.acme_hostnames or self.acme_email):
+            raise ValueError("cert and key are not allowed with acme_hostnames or acme_email: choose one source of certificates")
+        if self.acme_hostnames:
+            self._check_acme()
         for name in ("metrics_path", "healthz_path"):
             value = getattr(self, name)
             if value and not value.startswith("/"):
                 raise ValueError(f"{name}: must start with '/', got {value!r}")
 
+
+    def _check_acme(self) -> None:
+        if self.http_server != "native":
+            raise ValueError(f"acme_hostnames: the {self.http_server} server reads its certificate only at start, so "
+                             "renewed ACME certificates would not reach it; use http_server = native")
+        for name in self.acme_hostnames:
+            try:
+                check_hostname(name)
+            except ValueError as exc:
+                raise ValueError(f"acme_hostnames: {exc}") from None
+        try:
+            parse_listen_address(self.acme_http_addr)
+        except ValueError as exc:
+            raise ValueError(f"acme_http_addr: {exc}") from None
+        if not self.acme_directory_url.startswith(("https://", "http://")):
+            raise ValueError(f"acme_directory_url: expected an http(s) URL, got {self.acme_directory_url!r}")
 
     def mounts(self) -> dict[str, tuple[int | None, str]]:
         """``mount`` as ``{profile: (port or None, "/prefix" or "")}``.

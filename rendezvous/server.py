@@ -40,6 +40,8 @@ class RunningServer:
     webtransport_url: str | None = None  # https://host:udp-port (append a channel route's path)
     app: Any = None  # the rendezvous.app.App of the main listener (routes, transports)
     urls: Mapping[str, str] = attrs.field(factory=dict)  # profile -> where it is served (listener URL + prefix)
+    acme: Any = None  # the rendezvous.acme.AcmeManager, when acme_hostnames are set
+    acme_http_url: str | None = None  # where the HTTP-01 challenge listener is
 
     @property
     def ws_url(self) -> str:
@@ -141,7 +143,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         main.routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
     if settings.healthz_path:
         main.routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
-    scheme = "https" if settings.cert else "http"
+    scheme = "https" if settings.cert or settings.acme_hostnames else "http"
+    acme, acme_sockets = None, []
     try:
         for listener in listeners:
             bridges = Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None
@@ -158,6 +161,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 raise ConfigError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
             listener.url = f"{scheme}://{_connectable(settings.host)}:{listener.sockets[0].getsockname()[1]}"
             listener.done = anyio.Event()
+        if settings.acme_hostnames:
+            acme, acme_sockets = _acme(settings, main.sockets[0].getsockname()[1])
         http_server = plugins.load(plugins.SERVERS, settings.http_server)
         shutdown = anyio.Event()
         apps = [listener.app for listener in listeners]
@@ -170,9 +175,15 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
             late["webtransport"] = webtransport
 
         async def run_http(listener: _Listener) -> None:
-            options = ServeOptions(max_message_size=listener.app.max_message_size, grace=settings.shutdown_grace,
-                                   certfile=settings.cert, keyfile=settings.key)
+            certfile, keyfile = settings.cert, settings.key
             try:
+                if acme is not None:
+                    # HTTPS starts once there is a certificate; until then connections wait in the backlog.
+                    if not await _first_of(acme.ready, shutdown):
+                        return
+                    certfile, keyfile = acme.certfile, None  # key and chain in one file
+                options = ServeOptions(max_message_size=listener.app.max_message_size, grace=settings.shutdown_grace,
+                                       certfile=certfile, keyfile=keyfile)
                 await http_server.serve(listener.app, listener.sockets, options, shutdown)
             finally:
                 listener.done.set()
@@ -185,9 +196,19 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 tg.start_soon(run_http, listener)
             if rotation is not None:
                 tg.start_soon(_rotate_certificates, rotation, webtransport)
+            acme_http_url = None
+            if acme is not None:
+                from rendezvous.acme import challenge
+
+                https_port = main.sockets[0].getsockname()[1]
+                tg.start_soon(challenge.serve, acme_sockets, lambda method, target, host: challenge.answer(
+                    method, target, host, acme.tokens, acme.hostnames, https_port))
+                tg.start_soon(acme.run)
+                acme_port = acme_sockets[0].getsockname()[1]
+                acme_http_url = f"http://{_connectable(acme_sockets[0].getsockname()[0])}:{acme_port}"
             try:
                 yield RunningServer(main.url, settings.host, main.sockets[0].getsockname()[1], config, runtimes, registry,
-                                    webtransport, webtransport_url, main.app, urls)
+                                    webtransport, webtransport_url, main.app, urls, acme, acme_http_url)
             finally:
                 with anyio.CancelScope(shield=True):
                     for runtime in runtimes.values():
@@ -206,9 +227,35 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                             await listener.done.wait()
                 tg.cancel_scope.cancel()
     finally:
-        for listener in listeners:
-            for sock in listener.sockets:
-                sock.close()
+        for sock in [*acme_sockets, *(s for listener in listeners for s in listener.sockets)]:
+            sock.close()
+
+
+def _acme(settings: Any, https_port: int) -> tuple[Any, list[socket.socket]]:
+    """The ACME manager (serving the cached certificate, if any) and the bound HTTP-01 listener."""
+    from rendezvous.acme import AcmeManager
+    from rendezvous.acme.policy import parse_listen_address
+
+    host, port = parse_listen_address(settings.acme_http_addr)
+    try:
+        sockets = bind_sockets(host or "::", port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {settings.acme_http_addr} for ACME HTTP-01 challenges: {exc.strerror}") from None
+    manager = AcmeManager.from_settings(settings, rlog.get_logger("rendezvous.acme"))
+    manager.load_cached()
+    return manager, sockets
+
+
+async def _first_of(wanted: anyio.Event, other: anyio.Event) -> bool:
+    """Wait until either event is set; whether ``wanted`` is."""
+    async with anyio.create_task_group() as tg:
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait, wanted)
+        tg.start_soon(wait, other)
+    return wanted.is_set()
 
 
 def _webtransport(app: Any, settings: Any) -> tuple[Any, Any]:
@@ -243,6 +290,10 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with running(config) as server:
             log.info("serving", url=server.url, profiles=list(config.profiles), http_server=config.server.http_server)
+            if server.acme is not None:
+                log.info("acme", hostnames=list(server.acme.hostnames), listen=server.acme_http_url,
+                         directory=server.acme.directory_url, cache=str(server.acme.cache.directory),
+                         https="serving" if server.acme.ready.is_set() else "waiting for the first certificate")
             if server.webtransport is not None:
                 log.info("webtransport", url=server.webtransport_url, sha256=server.webtransport.certificate.sha256,
                          ephemeral=server.webtransport.certificate.ephemeral)

@@ -1,5 +1,9 @@
 """Certificates: PEM files, or ephemeral ones that WebTransport's serverCertificateHashes accepts.
 
+:func:`server_context` makes the TLS context of an HTTPS listener and remembers which file it
+serves; :func:`reload_certificate` loads a replaced file into every such context, which
+affects the handshakes that follow (ACME renewals reach clients without a restart).
+
 Chromium pins a certificate by hash only if it is ECDSA P-256 and valid for at most 14 days in
 total (spec webtransport.md, pitfalls 1–2). :class:`CertificateRotation` keeps one such
 certificate current and replaces it well before it expires; it is plain state given the time.
@@ -9,12 +13,37 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import os
 import pathlib
+import ssl
+import weakref
 
 import attrs
 
 VALIDITY = datetime.timedelta(days=13)  # < 14 days in total, backdating included
 BACKDATE = datetime.timedelta(minutes=5)
+
+
+#: live server contexts -> the (certfile, keyfile) they serve
+_SERVING: "weakref.WeakKeyDictionary[ssl.SSLContext, tuple[str, str | None]]" = weakref.WeakKeyDictionary()
+
+
+def server_context(certfile: os.PathLike[str] | str, keyfile: os.PathLike[str] | str | None = None) -> ssl.SSLContext:
+    """A server-side TLS context serving ``certfile`` (the key from ``keyfile``, else from ``certfile``)."""
+    files = (os.path.abspath(certfile), None if keyfile is None else os.path.abspath(keyfile))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*files)
+    _SERVING[context] = files
+    return context
+
+
+def reload_certificate(certfile: os.PathLike[str] | str) -> int:
+    """Load ``certfile`` again into every live context serving it; how many were reloaded."""
+    path = os.path.abspath(certfile)
+    contexts = [(context, files) for context, files in list(_SERVING.items()) if files[0] == path]
+    for context, files in contexts:
+        context.load_cert_chain(*files)
+    return len(contexts)
 
 
 @attrs.frozen

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 from typing import Any, Coroutine
 
 import anyio
 
 from rendezvous.servers import ServeOptions
 from rendezvous.servers.native.connection import Connection
+from rendezvous.tls import server_context
 
 
 class ServerState:
@@ -59,8 +59,9 @@ class NativeServer:
         state = ServerState(app, options)
         context = None
         if options.certfile is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(str(options.certfile), str(options.keyfile))
+            # Registered with rendezvous.tls: a renewed certificate (ACME) is loaded into this
+            # same context, and so reaches the handshakes that follow.
+            context = server_context(options.certfile, options.keyfile)
         servers = [
             await loop.create_server(lambda: Connection(state), sock=sock.dup(), ssl=context, backlog=4096)
             for sock in sockets
