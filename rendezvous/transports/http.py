@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 
 from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse, Route, header_map
+from rendezvous.transports.handlers import run_exchange
 
 
 async def send_response(send: Any, response: HttpResponse) -> None:
@@ -59,19 +60,14 @@ class HttpTransport:
     def bind(self, route: Route) -> Any:
         if not isinstance(route, ExchangeRoute):
             return None
-        handler = route.handler
         limit = route.max_body_size
 
         async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            refused = route.refusal(scope["method"])
-            if refused is not None:
-                await send_response(send, refused)
-                return
+            too_large = False
             try:
                 body = await read_body(receive, limit)
             except _BodyTooLarge:
-                await send_response(send, HttpResponse(route.too_large_status))
-                return
+                body, too_large = b"", True
             except _Disconnected:
                 return
             client = scope.get("client") or (None, None)
@@ -87,7 +83,7 @@ class HttpTransport:
             async with anyio.create_task_group() as tg:
                 # A client that hangs up mid long-poll cancels the handler.
                 tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
-                response = await handler(request)
+                response = await run_exchange(route, request, too_large)
                 tg.cancel_scope.cancel()
             if response is not None:
                 await send_response(send, response)

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 
 from rendezvous.transports.base import ChannelClosed, ChannelRoute, ConnectionInfo, Route, SendTimeout, header_map
+from rendezvous.transports.handlers import run_channel
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
@@ -148,7 +149,6 @@ class WebSocketTransport:
     def bind(self, route: Route) -> Any:
         if not isinstance(route, ChannelRoute):
             return None
-        handler = route.handler
         max_size = route.max_message_size
         open_channels = self._open
 
@@ -162,12 +162,9 @@ class WebSocketTransport:
                 return
             open_channels.add(channel)
             try:
-                await handler(channel)
-            except ChannelClosed:
-                pass
+                await run_channel(route, channel)
             finally:
                 open_channels.discard(channel)
-                await channel.close(1000)
 
         return asgi
 

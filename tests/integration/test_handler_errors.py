@@ -44,8 +44,8 @@ def _assert_logged_500(body: str, lines: list[dict]) -> None:
     assert "RuntimeError: the handler broke" in record["exception"]
 
 
-async def test_exchange_handler_exception_is_a_logged_500_on_http1(broken_debug, log_lines):
-    async with serve("snowflake", {"disable_geoip": True, "disable_tls": True}) as srv, httpx.AsyncClient() as http:
+async def test_exchange_handler_exception_is_a_logged_500_on_http1(broken_debug, log_lines, http_server):
+    async with serve("snowflake", {"disable_geoip": True, "disable_tls": True}, http_server=http_server) as srv, httpx.AsyncClient() as http:
         reply = await http.get(srv.url + "/debug", timeout=5)
         assert reply.status_code == 500
         _assert_logged_500(reply.text, log_lines())
@@ -59,20 +59,20 @@ async def test_exchange_handler_exception_is_a_logged_500_on_http3(broken_debug,
         _assert_logged_500(reply.content.decode(), log_lines())
 
 
-async def test_response_header_with_a_line_break_is_a_500_not_a_second_header(monkeypatch, log_lines):
+async def test_response_header_with_a_line_break_is_a_500_not_a_second_header(monkeypatch, log_lines, http_server):
     from rendezvous.transports.base import HttpResponse
 
     async def split(self, request):
         return HttpResponse(200, b"x", (("X-Name", "evil\r\nSet-Cookie: pwned=1"),))
 
     monkeypatch.setattr(SnowflakeRuntime, "debug", split)
-    async with serve("snowflake", {"disable_geoip": True, "disable_tls": True}) as srv, httpx.AsyncClient() as http:
+    async with serve("snowflake", {"disable_geoip": True, "disable_tls": True}, http_server=http_server) as srv, httpx.AsyncClient() as http:
         reply = await http.get(srv.url + "/debug", timeout=5)
         assert reply.status_code == 500 and "set-cookie" not in reply.headers
         assert any(r.get("reason") == "bad value for header 'X-Name'" for r in log_lines())
 
 
-async def test_channel_handler_exception_closes_that_channel_with_1011(monkeypatch, log_lines):
+async def test_channel_handler_exception_closes_that_channel_with_1011(monkeypatch, log_lines, http_server):
     original = OverlayRuntime.join
 
     async def join(self, channel):
@@ -82,7 +82,7 @@ async def test_channel_handler_exception_closes_that_channel_with_1011(monkeypat
         await original(self, channel)
 
     monkeypatch.setattr(OverlayRuntime, "join", join)
-    async with serve("overlay", {"secret": "s"}) as srv, ws_connect(srv.ws_url + "/s/webrtc-bootstrap-root") as root:
+    async with serve("overlay", {"secret": "s"}, http_server=http_server) as srv, ws_connect(srv.ws_url + "/s/webrtc-bootstrap-root") as root:
         async with ws_connect(srv.ws_url + "/join?boom=1") as broken:
             assert await closed_code(broken) == 1011
         async with ws_connect(srv.ws_url + "/join") as fine:

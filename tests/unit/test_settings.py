@@ -64,7 +64,6 @@ def test_unknown_profile():
 @pytest.mark.parametrize(
     "values,message",
     [
-        ({"disable_tls": True, "acme_hostnames": "broker.example"}, "ACME is not supported yet"),
         ({"disable_tls": True, "broker_sqs_name": "q", "broker_sqs_region": "r"}, "SQS rendezvous is not supported yet"),
         ({"disable_tls": True, "ip_count_log": "ips.log"}, "not supported yet"),
         ({"addr": "nonsense"}, "expected [host]:port"),
