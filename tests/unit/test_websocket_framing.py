@@ -285,3 +285,11 @@ def test_same_meaning_as_wsproto_for_100k_mutated_streams():
         if ours(stream) != theirs(stream):
             disagreements.append(stream)
     assert disagreements == []
+
+
+def test_status_lines_carry_the_standard_reason_phrase():
+    from rendezvous.servers.native.connection import status_line
+
+    assert status_line(308) == b"HTTP/1.1 308 Permanent Redirect\r\n"  # was "308 Unknown"
+    assert status_line(431) == b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    assert status_line(599) == b"HTTP/1.1 599 \r\n"  # no phrase for a code without one

@@ -371,7 +371,10 @@ class Connection(asyncio.Protocol):
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         lines.append(body)
-        self.write(b"".join(lines))
+        if self.out is None and self.transport is not None and not self.lost:
+            self.transport.write(b"".join(lines))  # nothing queued before it: no need to defer
+        else:
+            self.write(b"".join(lines))
 
     def _respond_and_close(self, status: int, body: bytes) -> None:
         self.reading_head = self.reading_body = False
