@@ -1,9 +1,15 @@
-"""AMP cache rendezvous: the request encoded in the URL path, the reply in "AMP armor"."""
+"""AMP cache rendezvous: the request encoded in the URL path, the reply in "AMP armor".
+
+Byte for byte as upstream's ``common/amp`` (path codec, armor encoder) and ``broker/amp.go``;
+:func:`dearmor` is the client side's armor decoder, for tests and load generators.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import html.parser
+import re
 
 _LINE = 32
 _LINES_PER_PRE = (32768 - 1) // (_LINE + 1)  # 992
@@ -20,24 +26,34 @@ _HEAD = (
     "<noscript><style amp-boilerplate>body{-webkit-animation:none;-moz-animation:none;-ms-animation:none;animation:none}</style></noscript>\n"
     "</head>\n<body>\n"
 )
-_TAIL = "</body>\n</html>\n"
+_TAIL = "</body>\n</html>"  # no final newline, as Go's boilerplateEnd
 
 
 class BadPath(ValueError):
     pass
 
 
+_RAW_URL_BASE64 = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def decode_path(path: str) -> bytes:
-    """``0<padding>/<b64url(message)>`` → the message. Everything to the last ``/`` is ignored."""
-    if not path.startswith("0"):
-        raise BadPath("unknown format version")
-    encoded = path[1:].rsplit("/", 1)[-1]
-    if "=" in encoded:
-        raise BadPath("padding not allowed")
+    """``0<cache breaker>/<b64url(message)>`` → the message, as Go's ``amp.DecodePath``:
+    everything up to the last ``/`` (there must be one) is ignored; the rest is unpadded
+    URL-safe base64, strictly (``\\r`` and ``\\n`` skipped, as Go's decoder does)."""
+    if not path:
+        raise BadPath("missing format indicator")
+    if path[0] != "0":
+        raise BadPath(f"unknown format indicator {path[0]!r}")
+    slash = path.rfind("/", 1)
+    if slash == -1:
+        raise BadPath("missing data")
+    encoded = path[slash + 1:].replace("\r", "").replace("\n", "")
+    if not _RAW_URL_BASE64.fullmatch(encoded) or len(encoded) % 4 == 1:
+        raise BadPath("illegal base64 data")
     try:
         return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except (binascii.Error, ValueError):
-        raise BadPath("bad base64") from None
+        raise BadPath("illegal base64 data") from None
 
 
 def encode_path(message: bytes, padding: str = "AAAAAAAAAAAA") -> str:
@@ -58,15 +74,53 @@ def armor(data: bytes) -> str:
     return "".join(parts)
 
 
-def dearmor(html: str) -> bytes:
-    """Undo :func:`armor`: the text of every <pre>, whitespace removed, minus the leading 0."""
-    texts = []
-    rest = html
-    while "<pre>" in rest:
-        _, _, rest = rest.partition("<pre>")
-        body, _, rest = rest.partition("</pre>")
-        texts.append(body)
-    stream = "".join("".join(texts).split())
-    if not stream.startswith("0"):
-        raise ValueError("unknown armor version")
-    return base64.b64decode(stream[1:])
+class BadArmor(ValueError):
+    pass
+
+
+class _PreText(html.parser.HTMLParser):
+    """The text of the <pre> elements, as the Go decoder's HTML tokenizer walk: no nesting,
+    no stray </pre>, every <pre> closed; other tags and comments are skipped."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.active = False
+        self.chunks: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag == "pre":
+            if self.active:
+                raise BadArmor("unexpected <pre>")
+            self.active = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "pre":
+            if not self.active:
+                raise BadArmor("unexpected </pre>")
+            self.active = False
+
+    def handle_data(self, data: str) -> None:
+        if self.active:
+            self.chunks.append(data)
+
+
+_ASCII_WHITESPACE = re.compile(r"[\t\n\f\r ]+")
+
+
+def dearmor(page: str) -> bytes:
+    """Undo :func:`armor` as Go's ``amp.NewArmorDecoder`` does: the text of every <pre>,
+    ASCII whitespace removed, a ``0`` version indicator, then standard base64."""
+    parser = _PreText()
+    parser.feed(page)
+    parser.close()
+    if parser.active:
+        raise BadArmor("missing </pre> tag")
+    stream = _ASCII_WHITESPACE.sub("", "".join(parser.chunks))
+    if not stream:
+        raise BadArmor("no data")
+    if stream[0] != "0":
+        raise BadArmor(f"unknown armor version indicator {stream[0]!r}")
+    try:
+        return base64.b64decode(stream[1:], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadArmor("illegal base64 data") from None
