@@ -1,5 +1,7 @@
 import pytest
 
+from .redis_fixture import redis_prefix, redis_server  # noqa: F401  (a real redis-server, for the scale-out tests)
+
 SECRET = "s3cret"
 
 

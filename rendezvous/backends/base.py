@@ -1,0 +1,168 @@
+"""The seam between a profile and where its shared rendezvous state lives.
+
+A *backend* (entry point group ``rendezvous.backends``) makes *stores*. A store is a core
+matcher behind async methods: the same arguments, the same :mod:`rendezvous.core.effects`
+values, so a profile's executor does not change. ``memory`` wraps today's in-process
+matchers (one node, nothing shared); ``redis`` shares the state between nodes.
+
+Effects come back two ways: as the return value of the call that caused them (the party is
+on this node and the outcome is known at once), or later through the ``execute`` callback
+given to :meth:`PairingStore.attach` (a timer fired, or another node matched or answered a
+party held here). Either way they only ever name parties held on this node.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol, Sequence, runtime_checkable
+
+import anyio
+import attrs
+import msgpack
+
+from rendezvous.core.driver import Driver
+from rendezvous.core.effects import Effect
+from rendezvous.errors import RendezvousError
+from rendezvous.settings import positive
+
+Execute = Callable[[Sequence[Effect]], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+class BackendUnavailable(RendezvousError):
+    """The backend cannot be reached just now. Stores turn this into effects (a poll gets "no
+    match", an asker "no waiter"), so profiles rarely see it; ``/readyz`` reports it."""
+
+
+class BackendError(RendezvousError):
+    """The backend cannot go on (e.g. another live node holds this node's id)."""
+
+
+@attrs.frozen
+class BackendSettings:
+    """How to reach the backend and who this node is. ``memory`` ignores all of it."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    node_id: str = ""  # "" = 8 random hex digits per process
+    node_ttl: float = attrs.field(default=3.0, validator=positive)  # a silent node is dead after this long
+    prefix: str = "rdv"  # every key and channel starts with it: several clusters can share one server
+
+
+class Codec(Protocol):
+    """Turns a store's payloads (offers, answers, waiter infos) into bytes and back, for
+    backends that share them (``memory`` passes the objects themselves)."""
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class MsgpackCodec:
+    """The default codec: msgpack (str, bytes, numbers, bool, None, lists and dicts). Lists come
+    back as tuples, so a ``(type, nat)`` info survives the round trip unchanged; other objects
+    need a codec of their own (``Backend.pairing(..., codec=...)``)."""
+
+    def dumps(self, value: Any) -> bytes:
+        return msgpack.packb(value, use_bin_type=True)
+
+    def loads(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, use_list=False)
+
+
+@runtime_checkable
+class PairingStore(Protocol):
+    """:class:`rendezvous.core.pairing.Pairing` behind async methods (offer/answer pairing).
+
+    ``now`` is the caller's clock (the one given to the store): it sets local deadlines only,
+    so nodes never compare clocks. Effects are ``Pairing``'s: ``Deliver(waiter, offer)``,
+    ``Deliver(asker, answer)``, ``Expired(party, "hold" | "answer" | "replaced")`` and
+    ``Dropped(reason)``; a store that cannot reach its backend answers as if nobody were there
+    (``Expired(party, "unavailable")``, ``Dropped("unavailable")``).
+    """
+
+    hold_timeout: float
+    answer_timeout: float
+
+    def attach(self, execute: Execute) -> None:
+        """Where effects that no call returns go (timers, other nodes). Call before :meth:`run`."""
+
+    async def wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
+        """A waiter joins ``pool`` for ``hold_timeout``, ordered by ``order`` (fewest first, FIFO ties).
+        A reused ``sid`` takes over: the earlier waiter expires ("replaced")."""
+
+    async def ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
+        """Draw the best waiter from the first of ``pools`` that has one: its ``info`` and the
+        effects, or ``None`` and ``[Dropped("no_waiter")]``. A match waits ``answer_timeout``."""
+
+    async def answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
+        """The waiter with ``sid`` answers. Accepted: the waiter's ``info`` and the effects
+        (``Deliver(asker, answer)`` when the asker is on this node, else none: it is delivered
+        where it waits). Refused: ``None`` and ``[Dropped("asker_gone")]``."""
+
+    async def gone(self, now: float, party: Hashable) -> list[Effect]:
+        """A party hung up: a waiter leaves its pool (``Dropped("waiter_gone")``), an asker
+        ends its match (``Dropped("asker_gone")``), so a late answer is refused."""
+
+    async def drain(self, now: float) -> list[Effect]:
+        """Shutting down: every party held here is answered now (expired, or given what already came)."""
+
+    async def advance(self, now: float) -> list[Effect]:
+        """The effects of the deadlines due at ``now``."""
+
+    def next_deadline(self) -> float | None: ...
+
+    async def known(self) -> list[Any]:
+        """``info`` of every waiter known by session id (waiting, or matched and unanswered)."""
+
+    async def run(self) -> None:
+        """The store's timers, until cancelled: effects go to the attached ``execute``."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Made by a ``rendezvous.backends`` entry point: ``create(settings) -> Backend``."""
+
+    name: str
+    #: True when several nodes share the state (a profile that keeps state of its own, outside
+    #: stores, must refuse to run on such a backend).
+    distributed: bool
+
+    @property
+    def ready(self) -> bool:
+        """False while the backend is unreachable (``/readyz``); the node stays up."""
+
+    def pairing(self, ns: str, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic,
+                codec: Codec | None = None) -> PairingStore:
+        """The pairing store named ``ns`` (one per profile; the name keys its shared state)."""
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect and serve until cancelled (``await task_group.start(backend.run)``); then
+        leave cleanly. Raises :class:`BackendUnavailable` if the backend cannot be reached at start."""
+
+
+class _DueAt:
+    """Lets the sync :class:`Driver` time a store whose ``advance`` is async: it reports "time
+    ``now`` is due" as its only effect, and the execute callback does the async work."""
+
+    def __init__(self, store: Any) -> None:
+        self.next_deadline = store.next_deadline
+
+    def advance(self, now: float) -> Sequence[float]:
+        deadline = self.next_deadline()
+        return (now,) if deadline is not None and deadline <= now else ()
+
+
+def timer_driver(store: Any, execute: Callable[[], Execute], clock: Clock) -> Driver:
+    """A :class:`Driver` for ``store``: sleeps to its next deadline, awaits ``store.advance(now)``
+    and hands the effects to ``execute()`` (looked up each time, so attaching later works)."""
+
+    async def expire(due: Sequence[float]) -> None:
+        effects = await store.advance(due[0])
+        if effects:
+            await execute()(effects)
+
+    return Driver(_DueAt(store), expire, clock)  # type: ignore[arg-type]  # (its "effects" are due times here)
+
+
+async def discard(effects: Sequence[Effect]) -> None:
+    """The executor until one is attached: nothing is held yet, so nothing is lost."""

@@ -1,0 +1,104 @@
+"""The ``memory`` backend: today's in-process matchers behind the store interface.
+
+The default. One node, nothing shared, no I/O: every call returns without suspending, so a
+profile pays an ``await`` (a fraction of a microsecond) and nothing else. Imports no Redis client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Hashable, Iterable, Sequence
+
+import anyio
+
+from rendezvous.backends.base import BackendSettings, Clock, Codec, Execute, discard
+from rendezvous.core.driver import Driver
+from rendezvous.core.effects import Deliver, Effect, Expired
+from rendezvous.core.pairing import Pairing
+
+
+class MemoryPairingStore:
+    """:class:`Pairing` as a :class:`~rendezvous.backends.base.PairingStore`.
+
+    The one addition: ``answer`` returns the waiter's ``info`` (a node that takes a proxy's
+    answer needs it for its metrics, and with a shared backend the asker may be elsewhere).
+    The info is remembered per matched asker until its match ends.
+    """
+
+    def __init__(self, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic) -> None:
+        self._pairing = Pairing(hold_timeout=hold_timeout, answer_timeout=answer_timeout)
+        self.hold_timeout = hold_timeout
+        self.answer_timeout = answer_timeout
+        self._asker_info: dict[Hashable, Any] = {}
+        self._execute: Execute = discard
+        self._driver = Driver(self._pairing, self._timed, clock)
+
+    def attach(self, execute: Execute) -> None:
+        self._execute = execute
+
+    async def run(self) -> None:
+        await self._driver.run()
+
+    async def _timed(self, effects: Sequence[Effect]) -> None:
+        await self._execute(self._forget(effects))
+
+    def _forget(self, effects: list[Effect] | Sequence[Effect]) -> Any:
+        for effect in effects:
+            if type(effect) is Expired and effect.reason == "answer":
+                self._asker_info.pop(effect.party, None)
+        return effects
+
+    async def wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
+        effects = self._pairing.wait(now, sid, party, pool, order, info)
+        self._driver.poke()
+        return effects
+
+    async def ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
+        info, effects = self._pairing.ask(now, party, pools, offer)
+        if type(effects[0]) is Deliver:
+            self._asker_info[party] = info
+            self._driver.poke()
+        return info, effects
+
+    async def answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
+        effects = self._pairing.answer(now, sid, answer)
+        first = effects[0]
+        return (self._asker_info.pop(first.to, None) if type(first) is Deliver else None), effects
+
+    async def gone(self, now: float, party: Hashable) -> list[Effect]:
+        self._asker_info.pop(party, None)
+        return self._pairing.gone(now, party)
+
+    async def drain(self, now: float) -> list[Effect]:
+        return self._forget(self._pairing.drain(now))
+
+    async def advance(self, now: float) -> list[Effect]:
+        return self._forget(self._pairing.advance(now))
+
+    def next_deadline(self) -> float | None:
+        return self._pairing.next_deadline()
+
+    async def known(self) -> list[Any]:
+        return self._pairing.known()
+
+
+class MemoryBackend:
+    name = "memory"
+    distributed = False
+    ready = True
+
+    def __init__(self, settings: BackendSettings | None = None) -> None:
+        self.settings = settings or BackendSettings()
+
+    def pairing(self, ns: str, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic,
+                codec: Codec | None = None) -> MemoryPairingStore:
+        return MemoryPairingStore(hold_timeout=hold_timeout, answer_timeout=answer_timeout, clock=clock)
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+
+def create(settings: BackendSettings) -> MemoryBackend:
+    """The ``rendezvous.backends`` entry point ``memory``."""
+    return MemoryBackend(settings)

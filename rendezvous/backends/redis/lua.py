@@ -1,0 +1,197 @@
+"""The Lua scripts: every shared transition is one atomic script (Redis ≤ 7.0 commands only).
+
+Every key is passed in ARGV, built from prefixes (standalone Redis and Sentinel; a Cluster
+would need the liveness keys under each store's hash tag). Pairing scripts share the first
+six arguments: key prefix ``P`` (``<prefix>:{<ns>}``), node-key prefix, inbox prefix, the
+store's name, this node's id and its epoch.
+
+Keys of a pairing store: ``P:pool:<pool>`` ZSET of waiters (score = order, member = 16 hex
+digits of a ticket + the sid, so equal orders pop first come, first served); ``P:w:<sid>`` HASH
+{state = waiting | matched | answered | done, node, epoch, wt (the waiter's token on its
+node), pool, m (its pool member), info, an/ae/at (the asker's node, epoch, token), offer,
+answer}; ``P:seq`` ticket counter; ``P:n:<node>`` SET of sids that node's waiters hold
+(waiting or matched); ``P:nodes`` SET of nodes that have such a set (for the reaper).
+Bus frames (msgpack): ``[kind, ns, epoch, token, payload]`` with kind ``o`` (an offer for a
+waiter), ``a`` (an answer for an asker), ``r`` (a waiter replaced by a reused sid).
+"""
+
+from __future__ import annotations
+
+from rendezvous.backends.redis.mux import Script
+
+NODE_BEAT = Script("node_beat", """
+local cur = redis.call('GET', ARGV[1])
+if cur == ARGV[2] then redis.call('PEXPIRE', ARGV[1], ARGV[3]) return 1 end
+if not cur then return 0 end
+return -1
+""")
+
+NODE_LEAVE = Script("node_leave", """
+if redis.call('GET', ARGV[1]) == ARGV[2] then redis.call('DEL', ARGV[1]) end
+return 1
+""")
+
+_PAIRING = """
+local P, NK, IB, NS, NODE, EPOCH = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local function alive(node, epoch)
+  return node and epoch and redis.call('GET', NK .. node) == epoch
+end
+local function publish(node, kind, epoch, token, payload)
+  redis.call('PUBLISH', IB .. node, cmsgpack.pack({kind, NS, epoch, token, payload}))
+end
+"""
+
+# wait(token, sid, pool, order, info, ttl_ms) -> the token of this node's replaced waiter, or nil
+SF_WAIT = Script("sf_wait", _PAIRING + """
+local token, sid, pool = ARGV[7], ARGV[8], ARGV[9]
+local wkey = P .. ':w:' .. sid
+local old = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'wt', 'pool', 'm')
+local replaced = false
+if old[1] == 'waiting' then
+  redis.call('ZREM', P .. ':pool:' .. old[5], old[6])
+  redis.call('SREM', P .. ':n:' .. old[2], sid)
+  if old[2] == NODE and old[3] == EPOCH then
+    replaced = old[4]
+  elseif alive(old[2], old[3]) then
+    publish(old[2], 'r', old[3], old[4], '')
+  end
+end
+local member = string.format('%016x', redis.call('INCR', P .. ':seq')) .. sid
+redis.call('DEL', wkey)
+redis.call('HSET', wkey, 'state', 'waiting', 'node', NODE, 'epoch', EPOCH, 'wt', token, 'pool', pool,
+           'm', member, 'info', ARGV[11])
+redis.call('PEXPIRE', wkey, ARGV[12])
+redis.call('ZADD', P .. ':pool:' .. pool, ARGV[10], member)
+redis.call('SADD', P .. ':n:' .. NODE, sid)
+redis.call('SADD', P .. ':nodes', NODE)
+return replaced
+""")
+
+# claim(token, offer, ttl_ms, max_pops, pool...) -> {sid, node, epoch, token, info} | nil (none) | 1 (call again)
+# A waiter counts only while its node is alive with the epoch it registered under: a dead or
+# fenced node's waiters are dropped where they are found. The offer is published to the
+# waiter's node, and kept in the record for that node's withdraw (the exact race, see there).
+SF_CLAIM = Script("sf_claim", _PAIRING + """
+if not alive(NODE, EPOCH) then return false end
+local budget = tonumber(ARGV[10])
+for i = 11, #ARGV do
+  local pool = P .. ':pool:' .. ARGV[i]
+  while true do
+    local top = redis.call('ZPOPMIN', pool)
+    if #top == 0 then break end
+    local member = top[1]
+    local sid = string.sub(member, 17)
+    local wkey = P .. ':w:' .. sid
+    local w = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'wt', 'm', 'info')
+    if w[1] == 'waiting' and w[5] == member then
+      if alive(w[2], w[3]) then
+        redis.call('HSET', wkey, 'state', 'matched', 'an', NODE, 'ae', EPOCH, 'at', ARGV[7], 'offer', ARGV[8])
+        redis.call('PEXPIRE', wkey, ARGV[9])
+        if w[2] ~= NODE or w[3] ~= EPOCH then publish(w[2], 'o', w[3], w[4], ARGV[8]) end
+        return {sid, w[2], w[3], w[4], w[6]}
+      end
+      redis.call('DEL', wkey)
+      redis.call('SREM', P .. ':n:' .. w[2], sid)
+    end
+    budget = budget - 1
+    if budget <= 0 then return 1 end
+  end
+end
+return false
+""")
+
+# withdraw(token, sid) -> 1 (left its pool) | {offer} (a claim won the race: deliver it) | 0 (not ours)
+SF_WITHDRAW = Script("sf_withdraw", _PAIRING + """
+local sid = ARGV[8]
+local wkey = P .. ':w:' .. sid
+local w = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'wt', 'pool', 'm', 'offer')
+if w[2] ~= NODE or w[3] ~= EPOCH or w[4] ~= ARGV[7] then return 0 end
+if w[1] == 'waiting' then
+  redis.call('ZREM', P .. ':pool:' .. w[5], w[6])
+  redis.call('DEL', wkey)
+  redis.call('SREM', P .. ':n:' .. NODE, sid)
+  return 1
+end
+return {w[7]}
+""")
+
+# answer(sid, answer, ttl_ms) -> {asker node, epoch, token, waiter info} | nil (asker gone)
+SF_ANSWER = Script("sf_answer", _PAIRING + """
+local sid = ARGV[7]
+local wkey = P .. ':w:' .. sid
+local w = redis.call('HMGET', wkey, 'state', 'an', 'ae', 'at', 'info', 'node')
+if w[1] ~= 'matched' then return false end
+redis.call('SREM', P .. ':n:' .. w[6], sid)
+if not alive(w[2], w[3]) then redis.call('DEL', wkey) return false end
+if w[2] == NODE and w[3] == EPOCH then
+  redis.call('DEL', wkey)
+else
+  redis.call('HSET', wkey, 'state', 'answered', 'answer', ARGV[8])
+  redis.call('PEXPIRE', wkey, ARGV[9])
+  publish(w[2], 'a', w[3], w[4], ARGV[8])
+end
+return {w[2], w[3], w[4], w[5]}
+""")
+
+# asker_end(token, sid): the asker hung up or its answer time ran out.
+# -> 1 (the match ends unanswered) | {answer} (answered meanwhile: deliver it) | 0 (not ours)
+SF_ASKER_END = Script("sf_asker_end", _PAIRING + """
+local sid = ARGV[8]
+local wkey = P .. ':w:' .. sid
+local w = redis.call('HMGET', wkey, 'state', 'an', 'ae', 'at', 'answer', 'node')
+if w[2] ~= NODE or w[3] ~= EPOCH or w[4] ~= ARGV[7] then return 0 end
+if w[1] == 'matched' then
+  redis.call('HSET', wkey, 'state', 'done')
+  redis.call('SREM', P .. ':n:' .. w[6], sid)
+  return 1
+end
+if w[1] == 'answered' then redis.call('DEL', wkey) return {w[5]} end
+return 0
+""")
+
+# known() -> infos of the waiters of live nodes that wait or are matched (drops stale set members)
+SF_KNOWN = Script("sf_known", _PAIRING + """
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  local epoch = redis.call('GET', NK .. node)
+  if epoch then
+    local nkey = P .. ':n:' .. node
+    for _, sid in ipairs(redis.call('SMEMBERS', nkey)) do
+      local w = redis.call('HMGET', P .. ':w:' .. sid, 'state', 'node', 'epoch', 'info')
+      if (w[1] == 'waiting' or w[1] == 'matched') and w[2] == node and w[3] == epoch then
+        out[#out + 1] = w[4]
+      else
+        redis.call('SREM', nkey, sid)
+      end
+    end
+  end
+end
+return out
+""")
+
+# reap(max) -> 1 (more to do) | 0: the waiting records of dead nodes leave their pools.
+# Garbage collection only: claims already skip them, so correctness never waits for this.
+# Matched records stay (their proxy may still answer through a live node) until their TTL.
+SF_REAP = Script("sf_reap", _PAIRING + """
+local budget = tonumber(ARGV[7])
+for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  if redis.call('EXISTS', NK .. node) == 0 then
+    local nkey = P .. ':n:' .. node
+    for _, sid in ipairs(redis.call('SPOP', nkey, budget)) do
+      local wkey = P .. ':w:' .. sid
+      local w = redis.call('HMGET', wkey, 'state', 'node', 'pool', 'm')
+      if w[1] == 'waiting' and w[2] == node then
+        redis.call('ZREM', P .. ':pool:' .. w[3], w[4])
+        redis.call('DEL', wkey)
+      end
+      budget = budget - 1
+    end
+    if redis.call('SCARD', nkey) == 0 then redis.call('SREM', P .. ':nodes', node) end
+    if budget <= 0 then return 1 end
+  end
+end
+return 0
+""")
+
+PAIRING_SCRIPTS = (SF_WAIT, SF_CLAIM, SF_WITHDRAW, SF_ANSWER, SF_ASKER_END, SF_KNOWN, SF_REAP)
+ALL = (NODE_BEAT, NODE_LEAVE, *PAIRING_SCRIPTS)

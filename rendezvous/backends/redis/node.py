@@ -1,0 +1,236 @@
+"""The ``redis`` backend: one node of a cluster that shares its rendezvous state in Redis.
+
+A node is ``node_id`` (configured, or 8 random hex digits) plus an ``epoch`` (random per life).
+It holds ``<prefix>:node:<id> = <epoch>`` with a TTL of ``node_ttl``, renewed every third of
+it. Every shared record names the node and epoch of the party it stands for, and scripts
+count a record only while that key still holds that epoch: a dead node's parties vanish when
+its key expires, without anyone deleting them, and nothing is ever taken over because a
+timer ran out. A node that finds its key gone (it stalled, or was cut off, for longer than
+``node_ttl``) is *fenced*: it ends every party it holds, as a restart would, and registers
+again under a new epoch. Another node holding its id is fatal (:class:`BackendError`).
+
+Connections: the mux (every call, auto-pipelined) and the inbox (SUBSCRIBE
+``<prefix>:inbox:<id>``; scripts publish straight to the node that holds the party). Pub/Sub
+is at most once, so every frame that matters is also in a record, and stores re-read what
+they hold after the inbox reconnects. While Redis is unreachable the node is not ready
+(``ready`` is False) and shared operations fail fast; it is never taken down for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import secrets
+import time
+from typing import Any, Sequence
+
+import anyio
+import msgpack
+import structlog
+from redis.exceptions import RedisError
+
+from rendezvous.backends.base import BackendError, BackendSettings, BackendUnavailable, Clock, Codec
+from rendezvous.backends.redis import lua
+from rendezvous.backends.redis.mux import Late, Mux, connection_factory, describe, reconnecting
+from rendezvous.backends.redis.pairing import RedisPairingStore
+from rendezvous.core.effects import Effect
+from rendezvous.errors import ConfigError
+
+REAP_EVERY = 5  # beats between two garbage collections of dead nodes' pool entries
+
+
+class RedisBackend:
+    name = "redis"
+    distributed = True
+
+    def __init__(self, settings: BackendSettings, *, log: Any = None) -> None:
+        self.settings = settings
+        self.log = log or structlog.get_logger("rendezvous.backends.redis")
+        self.node_id = settings.node_id or secrets.token_hex(4)
+        self.node_id_b = self.node_id.encode()
+        self._new_epoch()
+        self.node_key_prefix = f"{settings.prefix}:node:"
+        self.inbox_prefix = f"{settings.prefix}:inbox:"
+        self._node_key = self.node_key_prefix + self.node_id
+        self._ttl_ms = int(settings.node_ttl * 1000)
+        self._connect = connection_factory(settings.url)
+        self.where = describe(settings.url)
+        self.mux = Mux(self._connect, lua.ALL, on_late=self._late, name=f"redis at {self.where}")
+        self.new_token = itertools.count(1).__next__  # never reused in this process, across epochs too
+        self._stores: dict[bytes, RedisPairingStore] = {}
+        self._registered = False
+        self._subscribed = False
+        self._beating = True
+        self._late_send, self._late_receive = anyio.create_memory_object_stream[tuple[Any, Sequence[Effect]]](math.inf)
+
+    def _new_epoch(self) -> None:
+        self.epoch = secrets.token_hex(8)
+        self.epoch_b = self.epoch.encode()
+
+    @property
+    def ready(self) -> bool:
+        return self._registered and self._subscribed and self.mux.connected
+
+    def pairing(self, ns: str, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic,
+                codec: Codec | None = None) -> RedisPairingStore:
+        key = ns.encode()
+        if key in self._stores:
+            raise ValueError(f"a store named {ns!r} exists already on this node")
+        store = RedisPairingStore(self, ns, hold_timeout=hold_timeout, answer_timeout=answer_timeout, clock=clock, codec=codec)
+        self._stores[key] = store
+        return store
+
+    # -- running --------------------------------------------------------------------------------
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigError("the redis backend runs on asyncio only (redis-py)") from None
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.mux.run)
+                await self._register(wait_out_clash=True)
+                await tg.start(self._inbox)
+                tg.start_soon(self._beat)
+                tg.start_soon(self._deliver_late)
+                self.log.info("redis backend up", node=self.node_id, redis=self.where)
+                task_status.started()
+        except BaseExceptionGroup as group:  # our own errors reach the caller as themselves
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], (BackendUnavailable, BackendError)):
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._leave()
+
+    async def _register(self, *, wait_out_clash: bool = False) -> None:
+        """Take ``<prefix>:node:<id>``. An earlier process with this id may have died less than
+        ``node_ttl`` ago: at start, wait for its key to expire."""
+        give_up = anyio.current_time() + self.settings.node_ttl + 1.0
+        while True:
+            if await self.mux.call("SET", self._node_key, self.epoch, "NX", "PX", self._ttl_ms) is not None:
+                self._registered = True
+                return
+            if not wait_out_clash or anyio.current_time() > give_up:
+                raise BackendError(f"node id {self.node_id!r} is held by another live node")
+            await anyio.sleep(self.settings.node_ttl / 10)
+
+    async def _leave(self) -> None:
+        """A clean stop: drop the liveness key at once, so nobody waits ``node_ttl`` to know."""
+        self._registered = False
+        conn = self._connect()
+        try:
+            await conn.connect()
+            await conn.send_command("EVAL", lua.NODE_LEAVE.source, 0, self._node_key, self.epoch)
+            await conn.read_response(timeout=math.inf)
+        except (RedisError, OSError):
+            pass
+        finally:
+            await conn.disconnect(nowait=True)
+
+    async def _beat(self) -> None:
+        beats = 0
+        while True:
+            await anyio.sleep(self.settings.node_ttl / 3)
+            if not self._beating:
+                continue
+            try:
+                if not self._registered:
+                    await self._register()
+                    continue
+                state = await self.mux.eval(lua.NODE_BEAT, self._node_key, self.epoch, self._ttl_ms)
+                if state == 0:
+                    await self._fence()
+                elif state == -1:
+                    raise BackendError(f"node id {self.node_id!r} was taken by another node while this one was cut off")
+                else:
+                    beats += 1
+                    if beats % REAP_EVERY == 0:
+                        for store in list(self._stores.values()):
+                            await store.reap()
+            except BackendUnavailable:
+                continue  # not ready; the mux reconnects, and the next beat tells what happened meanwhile
+            except RedisError as exc:
+                self.log.error("redis backend: beat failed", error=str(exc))
+
+    async def _fence(self) -> None:
+        self.log.warning("redis backend: this node was declared dead (its liveness key expired); "
+                         "ending what it held and registering again", node=self.node_id)
+        self._registered = False
+        self._new_epoch()  # frames and records of the old life are ignored from now on
+        for store in list(self._stores.values()):
+            await self._execute(store, store.fence())
+        await self._register()
+
+    def suspend_heartbeat(self) -> None:
+        """Stop renewing the liveness key, as a stalled or cut-off node would (chaos tests)."""
+        self._beating = False
+
+    def resume_heartbeat(self) -> None:
+        self._beating = True
+
+    # -- the inbox --------------------------------------------------------------------------------
+    async def _inbox(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        await reconnecting(self._subscribe, self._listen, name=f"redis at {self.where}", task_status=task_status)
+
+    async def _subscribe(self) -> Any:
+        conn = self._connect()
+        try:
+            await conn.connect()
+            await conn.send_command("SUBSCRIBE", self.inbox_prefix + self.node_id)
+            await conn.read_response(timeout=math.inf)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
+    async def _listen(self, conn: Any, first: bool) -> None:
+        self._subscribed = True
+        try:
+            if not first:  # frames sent while the inbox was away are lost: read the records instead
+                for store in list(self._stores.values()):
+                    await self._execute(store, await store.resync())
+            while True:
+                frame = await conn.read_response(disable_decoding=True, timeout=math.inf)
+                if frame[0] == b"message":
+                    await self._deliver(frame[2])
+        except (RedisError, OSError) as exc:
+            self.log.warning("redis backend: inbox connection lost", error=str(exc))
+            raise
+        finally:
+            self._subscribed = False
+
+    async def _deliver(self, frame: bytes) -> None:
+        try:
+            kind, ns, epoch, token, payload = msgpack.unpackb(frame, raw=True)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            self.log.warning("redis backend: malformed bus frame dropped")
+            return
+        if epoch != self.epoch_b:
+            return  # for an earlier life of this node
+        store = self._stores.get(ns)
+        if store is not None:
+            await self._execute(store, store.on_message(kind, int(token), payload))
+
+    # -- effects that no call returns --------------------------------------------------------------
+    def emit(self, store: Any, effects: Sequence[Effect]) -> None:
+        self._late_send.send_nowait((store, effects))
+
+    def _late(self, late: Late, reply: Any) -> None:
+        try:
+            late(reply)
+        except Exception:  # a store bug must not take the connection's reader down
+            self.log.exception("redis backend: handling a late reply failed")
+
+    async def _deliver_late(self) -> None:
+        async for store, effects in self._late_receive:
+            await self._execute(store, effects)
+
+    async def _execute(self, store: Any, effects: Sequence[Effect]) -> None:
+        if not effects:
+            return
+        try:
+            await store.execute(effects)
+        except Exception:
+            self.log.exception("redis backend: executing effects failed")

@@ -1,0 +1,170 @@
+"""A real redis-server for the tests (Debian's; ``.ci/run`` installs it), started by the tests
+on a free loopback port in a temporary directory, never as a system service, and stopped by
+its PID. Locally the tests skip when the binary is missing; under CI (CI=true) they fail."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from typing import Any, AsyncIterator, Iterator
+
+import anyio
+import pytest
+
+from rendezvous.backends import BackendSettings, create_backend
+from rendezvous.core import Deliver, Expired
+
+
+class RedisServer:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.port = 0
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        for _ in range(5):  # the free port may be taken between our probe and the server's bind
+            self.port = self.port or _free_port()
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            if self._answers_ping(deadline=time.monotonic() + 5):
+                return
+            self.stop()
+            self.port = 0
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def command(self, *args: str) -> bytes:
+        """One command over a plain socket (inline protocol): for checks and chaos from tests."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            parts = [b"*%d\r\n" % len(args)] + [b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args]
+            sock.sendall(b"".join(parts))
+            return sock.recv(1 << 20)
+
+    def _answers_ping(self, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return False
+            try:
+                if self.command("PING").startswith(b"+PONG"):
+                    return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server missing in CI (.ci/run installs it)")
+        pytest.skip("redis-server not installed (apt-get install redis-server, or run .ci/run)")
+    server = RedisServer(str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """Keys of one test apart from every other's on the shared server."""
+    return "t" + secrets.token_hex(4)
+
+
+# -- pairing stores as nodes ------------------------------------------------------------------------
+class StoreNode:
+    """A pairing store as one node sees it: what its calls returned (``seen``) and what it was
+    told later (timers, other nodes), in order."""
+
+    def __init__(self, store: Any, seen: list, backend: Any = None) -> None:
+        self.store = store
+        self.seen = seen
+        self.backend = backend
+        self.scope: anyio.CancelScope | None = None  # cancel it: the node stops (a clean leave)
+
+    async def wait(self, now, sid, party, pool="pool", order=0, info=None):
+        effects = await self.store.wait(now, sid, party, pool, order, info)
+        self.seen += effects
+        return effects
+
+    async def ask(self, now, party, pools=("pool",), offer="o"):
+        info, effects = await self.store.ask(now, party, pools, offer)
+        self.seen += effects
+        return info, effects
+
+    async def answer(self, now, sid, answer):
+        info, effects = await self.store.answer(now, sid, answer)
+        self.seen += effects
+        return info, effects
+
+    async def gone(self, now, party):
+        return await self.store.gone(now, party)
+
+    async def advance(self, now):
+        effects = await self.store.advance(now)
+        self.seen += effects
+        return effects
+
+    def got(self, party) -> list:
+        """What reached ``party`` (deliveries and expiries)."""
+        return [e for e in self.seen if (type(e) is Deliver and e.to == party) or (type(e) is Expired and e.party == party)]
+
+
+def recorder(seen: list) -> Any:
+    async def record(effects: Any) -> None:
+        seen.extend(effects)
+    return record
+
+
+@contextlib.asynccontextmanager
+async def redis_nodes(url: str, prefix: str, n: int, *, hold_timeout: float = 10.0, answer_timeout: float = 10.0,
+                      clock: Any = None, node_ttl: float = 3.0) -> AsyncIterator[list[StoreNode]]:
+    """``n`` redis backends (nodes) with a pairing store each, sharing ``prefix`` on one server."""
+    settings = BackendSettings(url=url, prefix=prefix, node_ttl=node_ttl)
+    clock = clock or (lambda: 0.0)
+    async with anyio.create_task_group() as tg:
+        nodes = []
+        for _ in range(n):
+            backend = create_backend("redis", settings)
+            scope = anyio.CancelScope()
+
+            async def run(backend: Any = backend, scope: anyio.CancelScope = scope, *, task_status: Any) -> None:
+                with scope:
+                    await backend.run(task_status=task_status)
+
+            await tg.start(run)
+            store = backend.pairing("sf", hold_timeout=hold_timeout, answer_timeout=answer_timeout, clock=clock)
+            node = StoreNode(store, [], backend)
+            node.scope = scope
+            store.attach(recorder(node.seen))
+            nodes.append(node)
+        yield nodes
+        tg.cancel_scope.cancel()
