@@ -19,9 +19,10 @@ from rendezvous.errors import ConfigError
 from rendezvous.profile import ProfileContext
 from rendezvous.settings import positive, setting
 from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse
-from rendezvous_snowflake import amp, messages
+from rendezvous_snowflake import amp, candidates, messages
 from rendezvous_snowflake.bridges import DEFAULT_BRIDGES, UNKNOWN_BRIDGE, load_bridge_list, relay_pattern_accepted
 from rendezvous_snowflake.geoip import UNKNOWN_COUNTRY, GeoIP
+from rendezvous_snowflake.ipcount import IPCountLog, parse_go_duration
 from rendezvous_snowflake.messages import (
     NAT_RESTRICTED, NAT_UNKNOWN, NAT_UNRESTRICTED, STATUS_BAD_RELAY, STATUS_MATCH, STATUS_NO_MATCH,
     STR_NO_PROXIES, STR_TIMED_OUT, BadRequest,
@@ -52,23 +53,31 @@ class SnowflakeSettings:
     disable_tls: bool = setting(False, help="don't use HTTPS", flags=_go("disable-tls"))
     bridge_list_path: pathlib.Path | None = setting(None, help="file of known bridges (newline-delimited JSON)", flags=_go("bridge-list-path"))
     allowed_relay_pattern: str = setting("", help="pattern proxies must accept for relay URLs (e.g. snowflake.torproject.net$)", flags=_go("allowed-relay-pattern"))
-    default_relay_pattern: str = setting("", help="pattern assumed for proxies that send no AcceptedRelayPattern (v2.5.1)", flags=_go("default-relay-pattern"))
+    default_relay_pattern: str = setting("", help="pattern assumed for proxies that send no AcceptedRelayPattern (v2.5.1; gone in HEAD)", flags=_go("default-relay-pattern"))
+    relay_pattern_required: bool = setting(False, help="reject proxies that send no AcceptedRelayPattern, as HEAD (after v2.11) does; default: v2.5.1's --default-relay-pattern")
     geoipdb: pathlib.Path = setting(pathlib.Path("/usr/share/tor/geoip"), help="Tor-format IPv4 GeoIP file", flags=_go("geoipdb"))
     geoip6db: pathlib.Path = setting(pathlib.Path("/usr/share/tor/geoip6"), help="Tor-format IPv6 GeoIP file", flags=_go("geoip6db"))
     disable_geoip: bool = setting(False, help="don't use GeoIP (countries show as ??)", flags=_go("disable-geoip"))
     metrics_log: pathlib.Path | None = setting(None, help="file the metrics descriptors are appended to (served at /metrics); unset: stdout", flags=_go("metrics-log"))
     metrics_interval: float = setting(86400.0, help="seconds between metrics descriptor dumps", validator=positive)
-    ip_count_log: str = setting("", help="proxy IP count log (not supported yet)", flags=_go("ip-count-log"))
-    ip_count_mask: str = setting("", help="proxy IP count mask (not supported yet)", flags=_go("ip-count-mask"))
-    ip_count_interval: str = setting("1h", help="proxy IP count interval (accepted; needs --ip-count-log)", flags=_go("ip-count-interval"))
-    broker_sqs_name: str = setting("", help="SQS queue name for rendezvous (not supported yet)", flags=_go("broker-sqs-name"))
-    broker_sqs_region: str = setting("", help="SQS region (not supported yet)", flags=_go("broker-sqs-region"))
+    ip_count_prefix: str = setting("", help="path prefix of the distinct proxy IP count logs, one per pool (HEAD)", flags=_go("ip-count-prefix"))
+    ip_count_log: str = setting("", help="file of the distinct proxy IP count log, all proxies (v2.5.1)", flags=_go("ip-count-log"))
+    ip_count_mask: str = setting("", help="HMAC key masking the addresses of --ip-count-log (v2.5.1)", flags=_go("ip-count-mask"), secret=True)
+    ip_count_interval: str = setting("1h", help="Go duration between IP count log chunks", flags=_go("ip-count-interval"))
+    broker_sqs_name: str = setting("", help="SQS queue to take client polls from (needs --broker-sqs-region and AWS credentials)", flags=_go("broker-sqs-name"))
+    broker_sqs_region: str = setting("", help="AWS region of the --broker-sqs-name queue", flags=_go("broker-sqs-region"))
     client_timeout: float = setting(10.0, help="seconds a matched client waits for the proxy's answer (v2.5.1: 10, HEAD: 5)", validator=positive)
     proxy_timeout: float = setting(10.0, help="seconds a proxy poll is held waiting for a client", validator=positive)
     matching: Matching = setting(Matching.CURRENT, help="pool rule for unrestricted clients: current (fallback) or 2.5.1")
 
     def __attrs_post_init__(self) -> None:
         parse_addr(self.addr)
+        if parse_go_duration(self.ip_count_interval) <= 0:
+            raise ValueError(f"ip_count_interval: must be a positive Go duration, got {self.ip_count_interval!r}")
+        if self.broker_sqs_name and not self.broker_sqs_region:
+            raise ValueError("--broker-sqs-name needs --broker-sqs-region")
+        if self.relay_pattern_required and self.default_relay_pattern:
+            raise ValueError("--default-relay-pattern does nothing with relay_pattern_required (HEAD rejects those proxies)")
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -98,10 +107,6 @@ class SnowflakeProfile:
         return {"host": (host, "snowflake.addr"), "port": (port, "snowflake.addr")}
 
     def validate(self, settings: SnowflakeSettings, server: Any) -> None:
-        if settings.broker_sqs_name or settings.broker_sqs_region:
-            raise ConfigError("--broker-sqs-name/--broker-sqs-region: SQS rendezvous is not supported yet")
-        if settings.ip_count_log or settings.ip_count_mask:
-            raise ConfigError("--ip-count-log/--ip-count-mask: proxy IP counting is not supported yet")
         if server.cert is None and not server.acme_hostnames and not settings.disable_tls:
             raise ConfigError("the --acme-hostnames, --cert and --key, or --disable-tls option is required")
 
@@ -159,17 +164,6 @@ def client_ip(request: HttpRequest) -> str | None:
     return request.client_host
 
 
-def sdp_candidate_ip(offer: str) -> str | None:
-    """The address of the first ICE candidate in an offer (AMP clients are geolocated by it)."""
-    for marker in ("a=candidate:", "candidate:"):
-        index = offer.find(marker)
-        if index >= 0:
-            fields = offer[index + len(marker):].split()
-            if len(fields) >= 5:
-                return fields[4]
-    return None
-
-
 class SnowflakeRuntime:
     def __init__(self, context: ProfileContext) -> None:
         s: SnowflakeSettings = context.settings
@@ -192,6 +186,14 @@ class SnowflakeRuntime:
             NAT_UNKNOWN: (UNRESTRICTED_POOL,),
             NAT_UNRESTRICTED: (RESTRICTED_POOL, UNRESTRICTED_POOL) if s.matching is Matching.CURRENT else (RESTRICTED_POOL,),
         }
+        self.ip_counts = self._open_ip_counts(s)
+        self.sqs = None
+        if s.broker_sqs_name:
+            from rendezvous_snowflake.sqs import SqsRendezvous  # boto3 only when asked for
+
+            self.sqs = SqsRendezvous(s.broker_sqs_name, s.broker_sqs_region, self.sqs_offer, self.log)
+        elif s.broker_sqs_region:
+            self.log.warning("--broker-sqs-region without --broker-sqs-name: no SQS rendezvous")
         any_method = frozenset()
         self.routes = [
             ExchangeRoute("/proxy", self._cors(self.proxy_poll), any_method, READ_LIMIT),
@@ -207,13 +209,34 @@ class SnowflakeRuntime:
     def describe(self, url: str) -> list[tuple[str, dict[str, str]]]:
         return [("snowflake broker", {"url": url + "/"})]
 
+    @staticmethod
+    def _open_ip_counts(s: SnowflakeSettings) -> IPCountLog | None:
+        interval = parse_go_duration(s.ip_count_interval)
+        try:
+            if s.ip_count_prefix:
+                return IPCountLog.per_pool(s.ip_count_prefix, interval)
+            if s.ip_count_log:
+                return IPCountLog.single(s.ip_count_log, s.ip_count_mask, interval)
+        except OSError as exc:
+            raise ConfigError(f"--ip-count-{'prefix' if s.ip_count_prefix else 'log'}: {exc}") from None
+        return None
+
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.driver.run)
-            tg.start_soon(self._dump_metrics_forever)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.driver.run)
+                tg.start_soon(self._dump_metrics_forever)
+                if self.sqs is not None:
+                    tg.start_soon(self.sqs.run)
+        finally:
+            if self.ip_counts is not None:
+                self.ip_counts.close()  # the chunk so far is written (the Go broker loses it)
+                self.ip_counts = None
 
     async def shutdown(self) -> None:
         """Answer every held poll ("no match") and waiting client ("timed out") before stopping."""
+        if self.sqs is not None:
+            self.sqs.stop()
         self._execute(self.pairing.drain(self.clock()))
 
     # -- effects ----------------------------------------------------------------------------
@@ -264,11 +287,11 @@ class SnowflakeRuntime:
         if pattern is None:
             self.descriptor.counts["proxy-poll-without-relay-url"] += 1
             self.prom.without_relay.inc(**labels)
-            pattern = self.settings.default_relay_pattern
+            pattern = None if self.settings.relay_pattern_required else self.settings.default_relay_pattern
         else:
             self.descriptor.counts["proxy-poll-with-relay-url"] += 1
             self.prom.with_relay.inc(**labels)
-        if not relay_pattern_accepted(pattern, self.settings.allowed_relay_pattern):
+        if pattern is None or not relay_pattern_accepted(pattern, self.settings.allowed_relay_pattern):
             self.descriptor.counts["proxy-poll-rejected-relay-url"] += 1
             self.prom.rejected_relay.inc(**labels)
             return HttpResponse(200, messages.encode_poll_reply(STATUS_BAD_RELAY), (TEXT,))
@@ -277,9 +300,13 @@ class SnowflakeRuntime:
             country = self._country(ip)
             if self.descriptor.proxy_seen(ip, country, poll.type, poll.nat):
                 self.prom.proxy_total.labels(poll.type, poll.nat, country).inc()
+        pool = UNRESTRICTED_POOL if poll.nat == NAT_UNRESTRICTED else RESTRICTED_POOL
+        if ip and self.ip_counts is not None:
+            # By the proxy's pool. (HEAD passes `nat == unrestricted` as its `restricted`
+            # argument, so the Go broker writes each pool into the other's file.)
+            self.ip_counts.add(pool if len(self.ip_counts.sinks) > 1 else "all", ip)
 
         waiter = _Waiting()
-        pool = UNRESTRICTED_POOL if poll.nat == NAT_UNRESTRICTED else RESTRICTED_POOL
         gauge = self.prom.available_proxies.labels(poll.type, poll.nat)
         gauge.inc()
         try:
@@ -322,8 +349,8 @@ class SnowflakeRuntime:
             poll = messages.decode_client_poll(body)
         except BadRequest as exc:
             return None, str(exc), ip
-        if method == "ampcache":
-            ip = sdp_candidate_ip(poll.offer)
+        if ip is None:  # AMP cache and SQS: the client is where its offer's best ICE candidate is
+            ip = candidates.client_address(poll.offer)
         bridge = self.bridges.get(poll.fingerprint)
         if bridge is None:
             return None, UNKNOWN_BRIDGE, ip
@@ -347,6 +374,11 @@ class SnowflakeRuntime:
             return None, STR_TIMED_OUT, ip
         self._client_stats(method, country, poll.nat, "matched")
         return asker.result, None, ip
+
+    async def sqs_offer(self, body: bytes) -> bytes:
+        """A client poll that came as an SQS message → the JSON reply for the client's queue."""
+        answer, error, _ = await self._rendezvous(body, "sqs", None)
+        return messages.encode_client_reply(answer, error)
 
     def _client_stats(self, method: str, country: str, nat: str, status: str) -> None:
         self.descriptor.client(method, country, nat, status)

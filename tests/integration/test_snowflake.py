@@ -15,7 +15,9 @@ from rendezvous_snowflake.messages import encode_client_request
 
 pytestmark = pytest.mark.anyio
 PATTERN = "snowflake.torproject.net"
-SDP_OFFER = json.dumps({"type": "offer", "sdp": "v=0\r\na=candidate:1 1 udp 2122260223 129.97.208.23 5000 typ host\r\n"})
+SDP_OFFER = json.dumps({"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+                        "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\n"
+                        "a=candidate:1 1 udp 2122260223 129.97.208.23 5000 typ host\r\n"})
 ANSWER = json.dumps({"type": "answer", "sdp": "v=0\r\na=candidate:1 1 udp 1 10.0.0.2 6000 typ host\r\n"})
 NO_MATCH = b'{"Status":"no match","Offer":"","NAT":"","RelayURL":""}'
 

@@ -64,8 +64,8 @@ def test_unknown_profile():
 @pytest.mark.parametrize(
     "values,message",
     [
-        ({"disable_tls": True, "broker_sqs_name": "q", "broker_sqs_region": "r"}, "SQS rendezvous is not supported yet"),
-        ({"disable_tls": True, "ip_count_log": "ips.log"}, "not supported yet"),
+        ({"disable_tls": True, "broker_sqs_name": "q"}, "--broker-sqs-name needs --broker-sqs-region"),
+        ({"disable_tls": True, "ip_count_interval": "soon"}, "invalid duration 'soon'"),
         ({"addr": "nonsense"}, "expected [host]:port"),
         ({}, "the --acme-hostnames, --cert and --key, or --disable-tls option is required"),
     ],
