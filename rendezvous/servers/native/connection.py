@@ -211,11 +211,21 @@ class Connection(asyncio.Protocol):
             self._arm(HEAD_TIMEOUT, self._head_timeout)
 
     def eof_received(self) -> bool | None:
+        """The client closed its side. As Go's server: what is answered at once still gets its
+        answer (half-closing clients), a handler still waiting (a long-poll) is cancelled: the
+        client is gone (a closing client looks the same until a write fails)."""
         self.flush()  # what this loop step wrote must not be lost with the close
         if self.websocket is None and (self.task is not None or self.requests):
             self.eof = True
+            asyncio.get_running_loop().call_soon(self._cancel_waiting_handler)
             return True  # keep the write side open for the answers
         return None
+
+    def _cancel_waiting_handler(self) -> None:
+        # The handler's first step ran before this (scheduled earlier): still running means waiting.
+        if self.task is not None and not self.task.done():
+            self.requests.clear()
+            self.task.cancel()
 
     # -- httptools callbacks --------------------------------------------------------------
     def on_message_begin(self) -> None:
