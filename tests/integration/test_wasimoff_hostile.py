@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 import os
 import socket
 import struct
@@ -18,13 +17,13 @@ import pytest
 from rendezvous.testing import closed_code, serve, wait_until
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.codec import SUBPROTOCOL_PROTOBUF, Codec, pack, unpack
+from rendezvous_wasimoff.genc import session as provider_session
 from rendezvous_wasimoff.programs import tool_wasm
 
 from .wasimoff_peers import RawProvider, ok_response, run_rpc, wasip1
 
 pytestmark = pytest.mark.anyio
 TOOL = bytes(tool_wasm())
-wasimoff_profile = importlib.import_module("rendezvous_wasimoff.profile")  # (the package's `profile` is the object)
 
 
 def broker(http_server="native", **settings):
@@ -148,7 +147,7 @@ class FrozenProvider:
 
 async def test_a_provider_that_stops_reading_is_closed_and_its_task_runs_elsewhere(http_server, monkeypatch):
     # Pings are far apart: only the send deadline can notice the frozen provider.
-    monkeypatch.setattr(wasimoff_profile, "SEND_SECONDS_PER_MIB", 0.1)
+    monkeypatch.setattr(provider_session, "SEND_SECONDS_PER_MIB", 0.1)
     async with broker(http_server, ping_interval=60.0, send_timeout=0.5, metrics=True) as srv, client() as http:
         await http.post(srv.url + "/api/storage/upload?name=tool.wasm", content=TOOL)
         stdin = os.urandom(8 << 20)  # more than every buffer on the way holds (Linux: tcp_wmem max 4 MiB)

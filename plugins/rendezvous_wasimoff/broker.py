@@ -1,0 +1,208 @@
+"""The broker's core, shared by both protocol generations: storage, the dispatcher and its driver,
+metrics, task submission, and the one place where the dispatcher's effects become I/O.
+
+Generation C (:mod:`rendezvous_wasimoff.genc`) and generation A (:mod:`rendezvous_wasimoff.gena`)
+talk to it through these methods only: a client API calls :meth:`Broker.submit`; a provider
+connection registers its :class:`~rendezvous_wasimoff.worker.Worker` with :meth:`Broker.admit`,
+reports results with :meth:`Broker.completed` / :meth:`Broker.transport_error` and leaves with
+:meth:`Broker.retire`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+
+import anyio
+import anyio.abc
+from google.protobuf.message import Message
+
+from rendezvous.core import Deliver, Dispatch, Failed, QueueFull, Revoke
+from rendezvous.core.driver import Driver
+from rendezvous.core.effects import Effect
+from rendezvous_wasimoff.metrics import Metrics
+from rendezvous_wasimoff.settings import WasimoffSettings
+from rendezvous_wasimoff.storage import open_storage
+from rendezvous_wasimoff.tasks import GenAExec, RpcError, TaskHandle
+from rendezvous_wasimoff.worker import Worker
+
+
+class Broker:
+    def __init__(self, settings: WasimoffSettings, log: Any, clock: Callable[[], float], registry: Any) -> None:
+        self.settings = settings
+        self.log = log
+        self.clock = clock
+        self.storage = open_storage(settings.filestorage)
+        self.dispatch = Dispatch(policy=settings.scheduler, queue_limit=settings.queue_limit,
+                                 max_attempts=settings.max_attempts)
+        self.driver = Driver(self.dispatch, self.execute, clock)
+        self.metrics = Metrics(registry)
+        self.workers: dict[Worker, None] = {}  # admitted providers of both generations, in order
+        # Called with the new provider count whenever it changes (gen C tells its providers).
+        self.on_provider_count: list[Callable[[int], Awaitable[None]]] = []
+        self._tasks: anyio.abc.TaskGroup | None = None  # run()'s task group, for spawn()
+        self._task_ids = itertools.count(1)
+        self._completions = 0  # since the last take_completions()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tasks = tg
+            task_status.started()  # spawn() works from here on
+            await self.driver.run()
+
+    def spawn(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``function(*args)`` in the background, for as long as the broker runs."""
+        assert self._tasks is not None, "the broker is not running"
+        self._tasks.start_soon(function, *args)
+
+    # -- effects ---------------------------------------------------------------------------
+    async def execute(self, effects: Sequence[Effect]) -> None:
+        """Apply the dispatcher's effects: the only place its decisions turn into I/O."""
+        for effect in effects:
+            if type(effect) is Deliver:
+                if type(effect.to) is TaskHandle:  # a result for the task's client
+                    self._finish(effect.to, effect.payload)
+                else:  # a task for a provider
+                    await self._start(effect.to, effect.payload)
+            elif type(effect) is Failed:
+                effect.task.error = "\n".join(effect.errors)
+                effect.task.event.set()
+            elif type(effect) is Revoke:
+                worker: Worker = effect.worker
+                await worker.revoke(effect.task)
+        self.metrics.queued.set(self.dispatch.queued)
+        self.metrics.dispatching.set(self.dispatch.in_flight)
+
+    async def _start(self, worker: Worker, task: TaskHandle) -> None:
+        task.attempts += 1
+        if task.attempts > 1:  # every retry, whatever its cause, counted when it is sent
+            self.metrics.retries.attempt(task.attempts)
+        self.metrics.scheduled.inc()
+        await worker.start(task)
+
+    def _finish(self, task: TaskHandle, result: Message) -> None:
+        task.result = result
+        task.event.set()
+        self._completions += 1
+        self.metrics.completed.inc()
+        self.metrics.execution.observe(time.monotonic() - task.started)
+
+    def take_completions(self) -> int:
+        """Tasks completed since the last call (gen C's Throughput event)."""
+        count, self._completions = self._completions, 0
+        return count
+
+    # -- what providers report ---------------------------------------------------------------
+    async def completed(self, task: TaskHandle, worker: Worker, result: Message) -> None:
+        """``worker`` answered ``task`` with an application result (ignored unless it holds the lease)."""
+        await self.execute(self.dispatch.completed(self.clock(), task, worker, result))
+        self.driver.poke()
+
+    async def transport_error(self, task: TaskHandle, worker: Worker, error: str) -> None:
+        """``worker`` could not run ``task``: it retries elsewhere (or fails after its last attempt)."""
+        await self.execute(self.dispatch.transport_error(self.clock(), task, worker, error))
+        self.driver.poke()
+
+    async def set_capacity(self, worker: Worker, capacity: int) -> None:
+        self.metrics.workers.labels(worker.name).set(capacity)
+        await self.execute(self.dispatch.set_capacity(self.clock(), worker, capacity))
+
+    async def update_files(self, worker: Worker, added: Iterable[str], removed: Iterable[str]) -> None:
+        await self.execute(self.dispatch.update_files(self.clock(), worker, added, removed))
+
+    # -- providers ---------------------------------------------------------------------------
+    def provider_count(self) -> int:
+        """Providers of both generations."""
+        return len(self.workers)
+
+    async def admit(self, worker: Worker, files: Iterable[str], capacity: int,
+                    provides: Iterable[str] | None = None, **log: Any) -> None:
+        """A provider is ready for tasks. ``provides``: its capabilities (None: all of them)."""
+        self.workers[worker] = None
+        self.log.info("provider connected", provider=worker.name, providers=self.provider_count(), **log)
+        now = self.clock()
+        await self.execute(self.dispatch.add_worker(now, worker, worker.name, files, provides))
+        await self.execute(self.dispatch.set_capacity(now, worker, capacity))
+        self.metrics.workers.labels(worker.name).set(capacity)
+        await self._provider_count_changed()
+
+    async def retire(self, worker: Worker, **log: Any) -> None:
+        """A provider left: its slots go, and the tasks it was running retry elsewhere."""
+        if worker not in self.workers:
+            return
+        del self.workers[worker]
+        self.metrics.workers.labels(worker.name).set(0)
+        await self.execute(self.dispatch.remove_worker(self.clock(), worker))
+        self.driver.poke()
+        self.log.info("provider disconnected", provider=worker.name, providers=self.provider_count(), **log)
+        await self._provider_count_changed()
+
+    async def _provider_count_changed(self) -> None:
+        count = self.provider_count()
+        self.metrics.providers.set(count)
+        for listener in self.on_provider_count:
+            await listener(count)
+
+    # -- tasks -------------------------------------------------------------------------------
+    def _resolve_file(self, file: Message, what: str) -> str | None:
+        """Exactly one of ref/blob; a name or ref becomes the canonical sha256 ref."""
+        has_ref, has_blob = file.HasField("ref") and file.ref != "", file.HasField("blob")
+        if has_ref and has_blob:
+            raise RpcError("invalid_argument", f"{what}: don't use both Blob and Ref together")
+        if not has_ref and not has_blob:
+            raise RpcError("invalid_argument", f"{what}: both Blob and Ref are nil")
+        if has_blob:
+            return None
+        ref = self.storage.resolve(file.ref)
+        if ref is None:
+            raise RpcError("invalid_argument", f"{what}: Ref not found in storage")
+        file.ref = ref
+        return ref
+
+    async def submit(self, request: Message, kind: str, requester: str | None, gen_a: GenAExec | None = None) -> Message:
+        """Run one task to its end; raises :class:`RpcError` for what is not an application result.
+
+        ``gen_a``: the task came from the generation-A API (its loadfs/datafile, which gen-A
+        providers run natively, are also in the request as rootfs/artifacts for gen-C ones)."""
+        params = request.params
+        needs: list[str] = []
+        requires: set[str] = set()
+        if kind == "pyodide":
+            requires.add("pyodide")
+        elif gen_a is None and (params.HasField("rootfs") or len(params.artifacts)):
+            requires.add("rootfs")
+        if kind == "wasip1":
+            if not request.HasField("params") or not params.HasField("binary"):
+                raise RpcError("invalid_argument", "binary: both Blob and Ref are nil")
+            ref = self._resolve_file(params.binary, "binary")
+            if ref:
+                needs.append(ref)
+            if params.HasField("rootfs"):
+                ref = self._resolve_file(params.rootfs, "rootfs")
+                if ref:
+                    needs.append(ref)
+        task = TaskHandle(str(next(self._task_ids)), request, kind, frozenset(needs), gen_a)
+        reference, trace = request.info.reference, request.info.trace if request.info.HasField("trace") else None
+        request.info.Clear()
+        request.info.id = task.id
+        if requester:
+            request.info.requester = requester
+        if reference:
+            request.info.reference = reference
+        if trace is not None:
+            request.info.trace.CopyFrom(trace)
+        try:
+            effects = self.dispatch.submit(self.clock(), task, task.needs, requires)
+        except QueueFull:
+            raise RpcError("resource_exhausted", "Queue Full") from None
+        try:
+            await self.execute(effects)
+            await task.event.wait()
+        finally:
+            if not task.event.is_set():  # the client went away: revoke it
+                with anyio.CancelScope(shield=True):
+                    await self.execute(self.dispatch.cancel(self.clock(), task))
+        if task.error is not None:
+            raise RpcError("unknown", task.error)
+        return task.result  # type: ignore[return-value]  # set before the event

@@ -1,0 +1,58 @@
+"""A task as the broker holds it while it is queued, running or retried, and the error a client
+is answered with when it does not come to an application result."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import attrs
+from google.protobuf.message import Message
+
+
+class RpcError(Exception):
+    """What to answer the client with instead of a result, in ConnectRPC's terms (``code`` is a
+    Connect error code; every client API maps it to its own shape)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@attrs.frozen
+class GenAExec:
+    """What a generation-A exec entry adds to its task. A gen-A provider gets these as they are;
+    a gen-C provider gets the same files as the request's rootfs and artifacts, which
+    :func:`rendezvous_wasimoff.gena.translate.request_from_exec` put there."""
+
+    id: str  # "<run uuid>/<index>": the gen-A broker's name for the run call
+    loadfs: tuple[str, ...]  # stored files copied into the task's filesystem
+    datafile: str | None  # the file to return
+    trace: list[dict[str, Any]] | None  # the run's trace events, appended as the task goes; None: not traced
+
+
+class TaskHandle:
+    """One client request while it is queued, running or retried: the dispatcher's party for it."""
+
+    __slots__ = ("id", "request", "kind", "needs", "gen_a", "event", "result", "error", "started", "attempts")
+
+    def __init__(self, task_id: str, request: Message, kind: str, needs: frozenset[str],
+                 gen_a: GenAExec | None = None) -> None:
+        self.id = task_id
+        self.request = request
+        self.kind = kind  # "wasip1" | "pyodide"
+        self.needs = needs
+        self.gen_a = gen_a  # set for a task from the generation-A client API
+        self.event = anyio.Event()
+        self.result: Message | None = None
+        self.error: str | None = None
+        self.started = time.monotonic()
+        self.attempts = 0  # times sent to a provider
+
+    def release_payload(self) -> None:
+        """Drop the request's body (binary blob, stdin, rootfs): the task will never be sent again.
+        A revoked task stays referenced by its provider's pending requests until the provider
+        answers; its metadata (``info``), all that answer needs, stays."""
+        self.request.ClearField("params")
