@@ -21,26 +21,29 @@ from rendezvous import plugins
 from rendezvous.acme.issue import LETS_ENCRYPT
 from rendezvous.acme.policy import check_hostname, parse_listen_address
 from rendezvous.errors import ConfigError
-from rendezvous.settings import build, fields_of, positive, setting
+from rendezvous.settings import build, check_files, fields_of, positive, setting
 
 
 @attrs.frozen
 class ServerSettings:
-    host: str = setting("0.0.0.0", help="address to listen on (use :: for dual-stack)")
-    port: int | None = setting(None, help="TCP port (default: the profile's original port; 0 = ephemeral)")
+    host: str = setting("0.0.0.0", help="address to listen on (:: for every interface, IPv6 and IPv4)")
+    port: int | None = setting(None, help="TCP port, 0 for an ephemeral one (unset: the first profile's original port)")
     http_server: str = setting(
         "native", help="HTTP server plugin: native (HTTP/1.1 + WebSocket, fastest), hypercorn (adds HTTP/2) or uvicorn"
     )
     metrics_path: str = setting("/metrics", help="path of the Prometheus metrics ('' to disable)")
     healthz_path: str = setting("/healthz", help="path of the health check ('' to disable)")
+    status_path: str = setting("/status", help="path of the live status page, its JSON at <path>.json ('' to disable)")
     unsafe_logging: bool = setting(False, help="log client IP addresses instead of scrubbing them")
-    log_format: str = setting("auto", help="auto, console or json")
-    log_level: str = setting("info", help="debug, info, warning or error")
+    log_format: str = setting("auto", help="console in a terminal, json otherwise (auto), or as named",
+                              choices=("auto", "console", "json"))
+    log_level: str = setting("info", help="the least important events logged", choices=("debug", "info", "warning", "error"))
     cert: pathlib.Path | None = setting(None, help="TLS certificate (PEM); with --key, serve HTTPS")
     key: pathlib.Path | None = setting(None, help="TLS private key (PEM)")
     shutdown_grace: float = setting(5.0, help="seconds to let connections finish on shutdown", validator=positive)
     webtransport_port: int | None = setting(None, help="UDP port for WebTransport (HTTP/3); unset: off, 0: ephemeral")
-    webtransport_cert: pathlib.Path | None = setting(None, help="certificate (PEM) for WebTransport only (default: --cert, else an ephemeral one)")
+    webtransport_host: str | None = setting(None, help="address of the WebTransport UDP listener (unset: --host)")
+    webtransport_cert: pathlib.Path | None = setting(None, help="certificate (PEM) for WebTransport only (unset: --cert, else an ephemeral one)")
     webtransport_key: pathlib.Path | None = setting(None, help="private key (PEM) for --webtransport-cert")
     bridges: bool = setting(True, help="also carry channel routes over HTTP long-poll and request/response routes over WebSocket/WebTransport")
     longpoll_wait: float = setting(25.0, help="seconds a long-poll GET for a channel's next message waits", validator=positive)
@@ -49,28 +52,36 @@ class ServerSettings:
     acme_hostnames: tuple[str, ...] = setting((), help="hostnames to get a certificate for over ACME (comma-separated); serve HTTPS with it")
     acme_email: str = setting("", help="contact e-mail for the ACME account")
     acme_cert_cache: pathlib.Path = setting(pathlib.Path("acme-cert-cache"), help="directory of the ACME account key and certificates")
-    acme_directory_url: str = setting(LETS_ENCRYPT, help="the ACME CA's directory URL (default: Let's Encrypt)")
+    acme_directory_url: str = setting(LETS_ENCRYPT, help="the ACME CA's directory URL (Let's Encrypt's by default)")
     acme_http_addr: str = setting(":80", help="[host]:port of the HTTP-01 challenge listener (also redirects HTTP to HTTPS)")
+    # Scale-out (docs/scale-out.md, docs/operations.md "Running a cluster").
+    backend: str = setting("memory", help="where shared rendezvous state lives: memory (this process alone) or redis "
+                                          "(a cluster of equal nodes sharing one Redis; pip install 'rendezvous[redis]')")
+    backend_url: str = setting("redis://127.0.0.1:6379/0", secret=True,
+                               help="the backend's server: redis://[[user]:password@]host[:port][/db], rediss:// (TLS) or unix:///path")
+    node_id: str = setting("", help="this node's name in a cluster, unique among live nodes (unset: 8 random hex digits per start)")
+    node_ttl: float = setting(3.0, help="seconds after which a node that stopped renewing its liveness key counts as dead", validator=positive)
+    backend_prefix: str = setting("rdv", help="first part of every backend key and channel (clusters sharing one Redis need their own)")
+    readyz_path: str = setting("/readyz", help="path of the readiness check: 503 while the backend is unreachable ('' to disable)")
 
     def __attrs_post_init__(self) -> None:
-        if self.log_format not in ("auto", "console", "json"):
-            raise ValueError(f"log_format: expected auto, console or json, got {self.log_format!r}")
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key must be given together")
         if (self.webtransport_cert is None) != (self.webtransport_key is None):
             raise ValueError("webtransport_cert and webtransport_key must be given together")
-        if self.port is not None and not 0 <= self.port <= 65535:
-            raise ValueError(f"port: must be 0..65535, got {self.port}")
+        for name in ("port", "webtransport_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{name}: must be 0..65535, got {value}")
         self.mounts()  # checks the format
         if self.cert is not None and (self.acme_hostnames or self.acme_email):
             raise ValueError("cert and key are not allowed with acme_hostnames or acme_email: choose one source of certificates")
         if self.acme_hostnames:
             self._check_acme()
-        for name in ("metrics_path", "healthz_path"):
+        for name in ("metrics_path", "healthz_path", "readyz_path", "status_path"):
             value = getattr(self, name)
             if value and not value.startswith("/"):
                 raise ValueError(f"{name}: must start with '/', got {value!r}")
-
 
     def _check_acme(self) -> None:
         if self.http_server != "native":
@@ -113,6 +124,12 @@ class ServerSettings:
 class Config:
     server: ServerSettings
     profiles: Mapping[str, Any]  # name -> profile settings instance
+    #: server setting -> where its value came from ("command line", "env PORT", "default", ...)
+    sources: Mapping[str, str] = attrs.field(factory=dict)
+
+    def source(self, field: str) -> str:
+        """``server.<field> (from <source>)``: how an error line names a server setting."""
+        return f"server.{field} (from {self.sources.get(field, 'default')})"
 
 
 Values = dict[str, tuple[Any, str]]
@@ -173,57 +190,45 @@ def load_config(
             if key not in known:
                 raise ConfigError(f"config file {path}: unknown table or key {key!r}")
 
-    server_aliases: dict[str, list[str]] = {}
-    server_defaults: Values = {}
-    server_from_profiles: Values = {}
-    profiles: dict[str, Any] = {}
     loaded: dict[str, Any] = {}
-    disagreeing: set[str] = set()
     for name in names:
         try:
-            profile = plugins.load_profile(name)
+            loaded[name] = plugins.load_profile(name)
         except plugins.PluginError as exc:
             raise ConfigError(str(exc)) from None
-        loaded[name] = profile
+    server_aliases: dict[str, list[str]] = {}
+    for profile in loaded.values():
         for field, env_names in getattr(profile, "server_env", {}).items():
             server_aliases.setdefault(field, []).extend(env_names)
-        for field, value in getattr(profile, "server_defaults", {}).items():
-            if field in server_defaults and server_defaults[field][0] != value:
-                disagreeing.add(field)  # two profiles want different defaults: keep the framework's
-            server_defaults.setdefault(field, (value, f"profile {name} default"))
+    server_from_profiles: Values = {}
+    profiles: dict[str, Any] = {}
+    for name, profile in loaded.items():
         values: Values = {}
         if path is not None:
             values.update(table(data, name, path))
         values.update(env_values(profile.settings, f"RENDEZVOUS_{name.upper()}_", environ))
         values.update((profile_overrides or {}).get(name, {}))
         profiles[name] = build(profile.settings, values, name)
+        check_files(profiles[name], name, {k: source for k, (_, source) in values.items()})
         # Profiles whose original takes server options in its own terms (Snowflake's --addr).
-        if hasattr(profile, "server_values"):
-            try:
-                given = profile.server_values(profiles[name])
-            except ValueError as exc:
-                raise ConfigError(f"{name}: {exc}") from None
-            try:
-                untouched = profile.server_values(build(profile.settings, {}, name))
-            except (ValueError, ConfigError):
-                untouched = {}
-            for field, (value, source) in given.items():
-                if field in untouched and untouched[field][0] == value:
-                    # The profile's default (Snowflake's :443): only a default for the server,
-                    # so [server], RENDEZVOUS_* and another profile's explicit value win over it.
-                    if field in server_defaults and server_defaults[field][0] != value:
-                        disagreeing.add(field)
-                    server_defaults.setdefault(field, (value, f"profile {name} default"))
-                else:
-                    server_from_profiles[field] = (value, source)
+        server_from_profiles.update(_split_server_values(profile, profiles[name], name)[1])
 
-    server_values: Values = {k: v for k, v in server_defaults.items() if k not in disagreeing}
+    server_values = profile_server_defaults(loaded, profiles)
     if path is not None:
         server_values.update(table(data, "server", path))
     server_values.update(env_values(ServerSettings, "RENDEZVOUS_", environ, server_aliases))
     server_values.update(server_from_profiles)
     server_values.update(server_overrides or {})
     server = build(ServerSettings, server_values, "server")
+    known_backends = plugins.available("rendezvous.backends")
+    if server.backend not in known_backends:
+        raise ConfigError(f"server.backend (from {server_values.get('backend', (None, 'default'))[1]}): no backend named "
+                          f"{server.backend!r} is installed (installed: {', '.join(sorted(known_backends))})")
+    sources = {k: source for k, (_, source) in server_values.items()}
+    known_servers = plugins.available(plugins.SERVERS)
+    if server.http_server not in known_servers:
+        raise ConfigError(f"server.http_server (from {sources.get('http_server', 'default')}): no server named "
+                          f"{server.http_server!r} is installed (installed: {', '.join(sorted(known_servers))})")
     for mounted in server.mounts():
         if mounted not in profiles:
             raise ConfigError(f"server.mount: {mounted!r} is not one of the profiles served ({', '.join(profiles)})")
@@ -233,4 +238,63 @@ def load_config(
                 profile.validate(profiles[name], server)
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
-    return Config(server=server, profiles=profiles)
+    check_files(server, "server", sources)
+    return Config(server=server, profiles=profiles, sources=sources)
+
+
+def _server_values(profile: Any, settings: Any, name: str) -> Values:
+    if not hasattr(profile, "server_values"):
+        return {}
+    try:
+        return dict(profile.server_values(settings))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _untouched_server_values(profile: Any, name: str) -> Values:
+    """What the profile's own defaults make of the server settings (Snowflake's ``:443``)."""
+    try:
+        return _server_values(profile, build(profile.settings, {}, name), name)
+    except ConfigError:
+        return {}
+
+
+def _split_server_values(profile: Any, settings: Any, name: str) -> tuple[Values, Values]:
+    """The server values ``settings`` give, as (defaults, explicit choices): a value is explicit
+    when the profile setting it comes from (its source: ``snowflake.addr``) is not the profile's
+    default, so ``-addr :8080`` makes both the port and the host (``::``) explicit."""
+    untouched = _untouched_server_values(profile, name)
+    given = _server_values(profile, settings, name)
+    changed = {source for field, (value, source) in given.items() if field not in untouched or untouched[field][0] != value}
+    return ({f: v for f, v in given.items() if v[1] not in changed}, {f: v for f, v in given.items() if v[1] in changed})
+
+
+#: Server settings that say where the shared listener is: with several profiles, a profile's
+#: default for them is used only if every profile has the same one.
+LISTENER = ("host", "port")
+
+
+def profile_server_defaults(loaded: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> Values:
+    """The server defaults the profiles ask for: ``server_defaults`` (Snowflake's ``/prometheus``)
+    and what their own defaults translate to (wasimoff's ``localhost:4080``), as far as their
+    ``settings`` still give them (``WASIMOFF_QUIC_LISTEN=''`` gives no WebTransport port). Where two
+    profiles disagree, and for the listener's address where not every profile gives the same, the
+    framework's own default stays (``0.0.0.0``, docs/operations.md)."""
+    wanted: dict[str, dict[str, tuple[Any, str]]] = {}
+    for name, profile in loaded.items():
+        for field, value in getattr(profile, "server_defaults", {}).items():
+            wanted.setdefault(field, {})[name] = (value, f"{name}'s default")
+        defaults = _untouched_server_values(profile, name) if settings is None else (
+            _split_server_values(profile, settings[name], name)[0])
+        for field, (value, source) in defaults.items():
+            # Named by the profile's setting (WASIMOFF_QUIC_LISTEN), true whether it was given or not.
+            wanted.setdefault(field, {})[name] = (value, f"{name}'s default" if source in ("default", name) else source)
+    out: Values = {}
+    for field, by_profile in wanted.items():
+        values = {value for value, _ in by_profile.values()}
+        if len(values) > 1 or (field in LISTENER and len(by_profile) < len(loaded)):
+            continue
+        out[field] = next(iter(by_profile.values()))
+    return out
+
+

@@ -1,15 +1,19 @@
 """Settings: attrs classes whose fields say how they are configured.
 
 A field made with :func:`setting` carries its help text and, optionally, extra env vars
-and CLI flags (the names an operator of the original system knows). Every field can also be
-set from a TOML table, from ``RENDEZVOUS_[<PROFILE>_]<FIELD>`` and from ``--<field-name>``.
-Values are converted and validated here, at the boundary, and nowhere else.
+and CLI flags (the names an operator of the original system knows), the values it may take
+(``choices``) and what a path names (``file``). Every field can also be set from a TOML table,
+from ``RENDEZVOUS_[<PROFILE>_]<FIELD>`` and from ``--<field-name>``. Values are converted and
+validated here, at the boundary, and nowhere else; the files a setting names are checked at
+load too (:func:`file_problem`), so that a wrong path never gets as far as a running server.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import pathlib
+import stat
 import types
 import typing
 from typing import Any, Mapping, Sequence
@@ -27,11 +31,21 @@ class SettingMeta:
     env: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     secret: bool = False  # never logged
+    choices: tuple[str, ...] = ()  # the values a str setting may take (an Enum type says it itself)
+    #: what a path names, checked at load: CERTIFICATE, PRIVATE_KEY or APPENDED; "" infers it from the name
+    file: str = ""
+
+
+#: ``file=`` values. A ``pathlib.Path`` setting named ``cert``/``*_cert`` is a certificate (PEM, its key in
+#: the ``key``/``*_key`` setting beside it), ``key``/``*_key`` a private key, ``*_log`` a file the server
+#: appends to; ``file=NOT_A_FILE`` opts out.
+CERTIFICATE, PRIVATE_KEY, APPENDED, NOT_A_FILE = "certificate", "private key", "appended", "none"
 
 
 def setting(default: Any = attrs.NOTHING, *, help: str, env: Sequence[str] = (), flags: Sequence[str] = (),
-            secret: bool = False, validator: Any = None, factory: Any = None) -> Any:
-    meta = SettingMeta(help=help, env=tuple(env), flags=tuple(flags), secret=secret)
+            secret: bool = False, validator: Any = None, factory: Any = None, choices: Sequence[str] = (),
+            file: str = "") -> Any:
+    meta = SettingMeta(help=help, env=tuple(env), flags=tuple(flags), secret=secret, choices=tuple(choices), file=file)
     if factory is not None:
         return attrs.field(factory=factory, metadata={_META: meta}, validator=validator)
     return attrs.field(default=default, metadata={_META: meta}, validator=validator)
@@ -141,6 +155,10 @@ def build(cls: type, values: Mapping[str, tuple[Any, str]], section: str) -> Any
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{section}.{key} (from {source}): unknown setting; known: {known}")
         kwargs[key] = convert(raw, _resolve_type(cls, field), f"{section}.{key}", source)
+        choices = meta_of(field).choices
+        if choices and kwargs[key] not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{section}.{key} (from {source}): expected one of {allowed}, got {kwargs[key]!r}")
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
@@ -149,3 +167,85 @@ def build(cls: type, values: Mapping[str, tuple[Any, str]], section: str) -> Any
 
 def fields_of(cls: type) -> list[tuple[attrs.Attribute, SettingMeta, Any]]:
     return [(f, meta_of(f), _resolve_type(cls, f)) for f in attrs.fields(cls)]
+
+
+def file_kind(field: attrs.Attribute, meta: SettingMeta, tp: Any) -> str:
+    """What the path in this setting names (:data:`CERTIFICATE`, ...), or "" for none of those."""
+    if meta.file:
+        return "" if meta.file == NOT_A_FILE else meta.file
+    if _optional_inner(tp)[0] is not pathlib.Path:
+        return ""
+    name = field.name
+    if name == "cert" or name.endswith("_cert"):
+        return CERTIFICATE
+    if name == "key" or name.endswith("_key"):
+        return PRIVATE_KEY
+    if name.endswith("_log"):
+        return APPENDED
+    return ""
+
+
+def check_files(instance: Any, section: str, sources: Mapping[str, str]) -> None:
+    """Raise a one-line :class:`ConfigError` for the first file named by ``instance``'s settings
+    that the server could not use: a certificate or key that cannot be read, is not PEM or does
+    not match its partner; a file to append to whose directory is missing or not writable."""
+    from rendezvous.tls import pem_problem
+
+    kinds = {field.name: file_kind(field, meta, tp) for field, meta, tp in fields_of(type(instance))}
+
+    def where(name: str) -> str:
+        return f"{section}.{name} (from {sources.get(name, 'default')}): {getattr(instance, name)}"
+
+    for name, kind in kinds.items():
+        path = getattr(instance, name)
+        if path is None or kind not in (CERTIFICATE, PRIVATE_KEY, APPENDED):
+            continue
+        if kind == APPENDED:
+            problem = append_problem(pathlib.Path(path))
+            if problem is not None:
+                raise ConfigError(f"{where(name)}: cannot append to it: {problem}")
+            continue
+        partner = _partner(name)
+        partner = partner if kinds.get(partner) and getattr(instance, partner) is not None else None
+        if kind == PRIVATE_KEY and partner is not None:
+            continue  # checked with its certificate
+        cert_name, key_name = (name, partner) if kind == CERTIFICATE else (None, name)
+        pems = {n: _read(getattr(instance, n), where(n)) for n in (cert_name, key_name) if n is not None}
+        problem = pem_problem(pems.get(cert_name), pems.get(key_name))
+        if problem is not None:
+            which, reason = problem
+            raise ConfigError(f"{where(cert_name if which == 'cert' or key_name is None else key_name)}: {reason}")
+
+
+def _partner(name: str) -> str:
+    """The other half of a certificate/key pair: ``quic_key`` for ``quic_cert``, ``cert`` for ``key``."""
+    for mine, other in (("cert", "key"), ("key", "cert")):
+        if name == mine:
+            return other
+        if name.endswith("_" + mine):
+            return name[: -len(mine)] + other
+    return ""
+
+
+def _read(path: Any, where: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)  # a PEM chain is a few KiB
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read it: {exc.strerror}") from None
+
+
+def append_problem(path: pathlib.Path) -> str | None:
+    """Why the server could not append to ``path`` (None: it can). Creates nothing."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        parent = path.parent
+        if not parent.is_dir():
+            return f"no directory {parent}"
+        return None if os.access(parent, os.W_OK | os.X_OK) else f"directory {parent} is not writable"
+    except OSError as exc:
+        return exc.strerror
+    if stat.S_ISDIR(mode):
+        return "it is a directory"
+    return None if os.access(path, os.W_OK) else "not writable"

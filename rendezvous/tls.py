@@ -37,6 +37,39 @@ def server_context(certfile: os.PathLike[str] | str, keyfile: os.PathLike[str] |
     return context
 
 
+def pem_problem(cert_pem: bytes | None, key_pem: bytes | None) -> tuple[str, str] | None:
+    """What is wrong with a certificate chain and its private key as PEM, as ``("cert" | "key",
+    reason)``, or None. Without ``key_pem`` the key is looked for in ``cert_pem`` (as
+    ``load_cert_chain`` does); without ``cert_pem`` only the key is checked. Sans-IO: the
+    configuration check reads the files and names them in its message."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    chain = None
+    if cert_pem is not None:
+        try:
+            chain = x509.load_pem_x509_certificates(cert_pem)
+        except ValueError:
+            return ("cert", "not a PEM certificate")
+    in_cert = key_pem is None
+    source = cert_pem if in_cert else key_pem
+    if source is None or (in_cert and b"PRIVATE KEY-----" not in source):
+        return ("cert", "no private key: give the key file too (or put the key in this file)") if chain else None
+    try:
+        key = serialization.load_pem_private_key(source, password=None)
+    except TypeError:  # "Password was not given but private key is encrypted"
+        return ("cert" if in_cert else "key", "the private key is encrypted (give it unencrypted)")
+    except (ValueError, UnsupportedAlgorithm):
+        return ("cert" if in_cert else "key", "not a PEM private key (or one of an unsupported kind)")
+    if chain is None:
+        return None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        return ("key", "this private key does not belong to the certificate")
+    return None
+
+
 def reload_certificate(certfile: os.PathLike[str] | str) -> int:
     """Load ``certfile`` again into every live context serving it; how many were reloaded."""
     path = os.path.abspath(certfile)

@@ -251,5 +251,27 @@ def test_a_flag_several_profiles_share_is_spelled_per_profile():
     both = ["serve", "--profile", "overlay", "--profile", "wasimoff"]
     out = run(*both, "--wasimoff-max-message-size", "soon")
     assert out.returncode == 2 and "wasimoff.max_message_size (from command line): expected an integer" in out.stderr
-    out = run(*both, "--max-message-size", "5")  # ambiguous: neither profile takes it
-    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
+    out = run(*both, "--max-message-size", "5")  # ambiguous: the error says how to spell it
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "--overlay-max-message-size or --wasimoff-max-message-size" in out.stderr
+
+
+def test_help_shows_the_defaults_and_every_http_server():
+    out = run("serve", "--profile", "snowflake", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    servers = text.split("--http-server {", 1)[1].split("}", 1)[0].split(",")
+    assert sorted(servers) == ["hypercorn", "native", "uvicorn"]
+    assert "native (HTTP/1.1 + WebSocket, fastest), hypercorn (adds HTTP/2) or uvicorn (default: native)" in text
+    assert "--log-level {debug,info,warning,error}" in text and "(default: info)" in text
+    assert "seconds to let connections finish on shutdown (default: 5)" in text
+    # the profile's own defaults for server settings, and where they come from
+    assert "(default: /prometheus, from snowflake's default)" in text
+    assert "(default: 443, from snowflake.addr)" in text
+    assert "--matching {current,2.5.1}" in text and "(default: current)" in text
+
+
+def test_shipped_configs_name_every_http_server():
+    for path in (ROOT / "configs").glob("*.toml"):
+        [line] = [line for line in path.read_text().splitlines() if line.startswith("http_server")]
+        assert all(name in line for name in ("native", "hypercorn", "uvicorn")), (path, line)
