@@ -4,6 +4,7 @@ providers and with our wasmtime provider running real WASI programs."""
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import zipfile
 import io
@@ -17,7 +18,8 @@ from rendezvous.testing import closed_code, serve
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.codec import SUBPROTOCOL_PROTOBUF, Codec, pack, unpack
 from rendezvous_wasimoff.programs import tool_wasm
-from rendezvous_wasimoff.provider import Provider
+from rendezvous_wasimoff.peer import Provider
+from rendezvous_wasimoff.tasks import TaskHandle
 
 from .wasimoff_peers import PROTO, RawProvider, ok_response, run_rpc, wasip1
 
@@ -352,6 +354,24 @@ async def test_client_disconnect_cancels_on_the_provider():
             tg.cancel_scope.cancel()  # the client hangs up
         envelope, cancel = await p.recv_request(schema.Cancel)
         assert cancel.id == task.info.id
+
+
+async def test_a_cancelled_running_task_keeps_no_payload_until_its_provider_answers():
+    stdin = b"x" * (1 << 20)
+    async with broker() as srv, client() as http, RawProvider(srv) as p:
+        await upload(http, srv)
+        await p.recv()
+        await p.event(schema.ProviderResources(concurrency=1))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_rpc, http, srv, wasip1("tool.wasm", ["tool", "cat"], stdin=stdin))
+            _, task = await p.recv_request(schema.Wasip1Request)
+            assert task.params.stdin == stdin
+            tg.cancel_scope.cancel()  # the client hangs up
+        await p.recv_request(schema.Cancel)  # (and the provider does not answer)
+        gc.collect()
+        handles = [o for o in gc.get_objects() if isinstance(o, TaskHandle)]
+        assert len(handles) == 1  # still pending on the provider socket: its slot is busy
+        assert handles[0].request.info.id == task.info.id and not handles[0].request.HasField("params")
 
 
 async def test_cancel_really_stops_the_wasm_and_frees_the_slot():

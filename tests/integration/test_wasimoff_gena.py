@@ -13,7 +13,7 @@ from rendezvous.config import load_config
 from rendezvous.errors import ConfigError
 from rendezvous.testing import WebTransportSessionClient, http_call, self_signed_certificate, serve, wait_until
 from rendezvous_wasimoff.programs import tool_wasm
-from rendezvous_wasimoff.provider import Provider
+from rendezvous_wasimoff.peer import Provider
 
 from .wasimoff_peers import GenAPeer, run_rpc, wasip1
 
@@ -251,3 +251,27 @@ async def test_hostile_rpc_answers_close_only_that_session():
         async with GenAPeer(srv) as peer:  # and the next provider is served
             await wait_until(lambda: runtime.gen_a.providers)
             assert peer.calls[:2] == ["ping", "fs:list"]
+
+
+class TraceLiar(GenAPeer):
+    """Answers a traced run with a ``trace`` that is not a list of events."""
+
+    async def _run(self, body):
+        result = await super()._run(body)
+        result["trace"] = 5
+        return result
+
+
+async def test_a_run_answer_with_a_malformed_trace_is_still_a_result():
+    async with broker() as srv:
+        await http_call(srv.url + API + "/upload?name=tool.wasm", "POST", TOOL)
+        async with TraceLiar(srv, pool=1) as peer:
+            await wait_until(lambda: srv.runtimes["wasimoff"].gen_a.providers)
+            await wait_until(lambda: "tool.wasm" in peer.files)
+            reply = await run(srv, {"bin": "tool.wasm", "trace": True, "exec": [{"args": ["echo", "t"]}]}, timeout=10)
+            assert reply.status == 200
+            traced = json.loads(reply.content)[0]["result"]
+            assert traced["stdout"] == "t\n"
+            assert [e["label"] for e in traced["trace"]][-1] == "broker: task rpc completed"
+        reply = await http_call(srv.url + "/healthz")  # and the broker still serves
+        assert reply.status == 200

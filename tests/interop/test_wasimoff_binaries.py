@@ -18,7 +18,7 @@ import pytest
 
 from rendezvous.testing import serve
 from rendezvous_wasimoff import schema
-from rendezvous_wasimoff.provider import Provider
+from rendezvous_wasimoff.peer import Provider
 
 from .conftest import require
 

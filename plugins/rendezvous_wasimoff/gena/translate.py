@@ -110,7 +110,8 @@ def response_from_run(reply: Any, artifact: str | None, trace: list[dict[str, An
     response = schema.Wasip1Response()
     if trace is not None:
         done = trace_event("broker: task rpc completed")
-        for event in (reply.get("trace") if isinstance(reply, dict) else None) or []:
+        events = reply.get("trace") if isinstance(reply, dict) else None
+        for event in events if isinstance(events, list) else ():  # (a provider may send anything)
             if isinstance(event, dict) and isinstance(event.get("label"), str):
                 time_us = event.get("time")  # int64 µs; anything else would not encode as JSON
                 trace.append({"time": time_us if type(time_us) is int else None, "label": "provider: " + event["label"]})

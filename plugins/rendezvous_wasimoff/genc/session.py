@@ -66,12 +66,11 @@ class ProviderSession:
 
     # -- Worker --------------------------------------------------------------------------------
     async def start(self, task: TaskHandle) -> None:
-        request = type(task.request)()
-        request.CopyFrom(task.request)
-        request.info.id = task.id
-        request.info.provider = self.name
+        # The task's own request goes out (no copy per attempt): only info.provider differs
+        # between attempts, and every attempt sets it (info.id is the task's since submit).
+        task.request.info.provider = self.name
         try:
-            await self.request(request, "task", task)
+            await self.request(task.request, "task", task)
         except ChannelClosed:
             await self.broker.transport_error(task, self, "provider socket closed")
 
