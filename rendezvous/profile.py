@@ -11,6 +11,12 @@ import attrs
 from rendezvous.transports.base import Route
 
 
+def _memory_backend() -> Any:
+    from rendezvous.backends.memory import MemoryBackend
+
+    return MemoryBackend()
+
+
 @attrs.frozen
 class ProfileContext:
     """What the framework hands a profile when it starts it."""
@@ -24,6 +30,9 @@ class ProfileContext:
     #: Called, not read: the listener starts after the profiles are created, and its
     #: certificate changes when it is renewed.
     webtransport: Callable[[], Any] = lambda: None
+    #: Where shared rendezvous state lives (``rendezvous.backends``: ``memory``, the default, or
+    #: ``redis``): the profile makes its stores from it (``backend.pairing(...)``). The server runs it.
+    backend: Any = attrs.field(factory=_memory_backend)
 
 
 @runtime_checkable
@@ -49,6 +58,10 @@ class Profile(Protocol):
     ``settings`` is an attrs class made with :func:`rendezvous.settings.setting` fields.
     ``default_port`` is the port the original system listens on. ``server_env`` maps
     server settings to the env vars the original uses for them (the overlay's ``PORT``).
+
+    A profile that keeps all its shared state in the stores of ``context.backend`` declares
+    ``distributed = True``; without it (the default, third-party profiles too) the server refuses
+    to run it on a distributed backend (``redis``), since its nodes would not see each other.
     """
 
     name: str

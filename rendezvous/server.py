@@ -18,6 +18,7 @@ from rendezvous.config import Config, load_config
 from rendezvous.observe import logging as rlog
 from rendezvous.errors import ConfigError
 from rendezvous.observe.metrics import ProfileLabelled, healthz, metrics_handler, new_registry
+from rendezvous.backends import serving as backends
 from rendezvous.profile import ProfileContext
 from rendezvous.servers import ServeOptions
 from rendezvous.transports.base import ExchangeRoute
@@ -111,6 +112,9 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         # (IP addresses scrubbed) rather than structlog's unscrubbed ones.
         rlog.configure(unsafe_logging=settings.unsafe_logging, log_format=settings.log_format, level=settings.log_level)
     registry = new_registry()
+    # Where shared state lives (memory, or redis for a cluster): made and checked against the
+    # profiles before anything starts, run before the profiles, stopped after them.
+    backend = backends.for_server(settings, {name: plugins.load_profile(name) for name in config.profiles})
     transports = [ep.load()() for ep in plugins.available(plugins.TRANSPORTS).values()]
     runtimes: dict[str, Any] = {}
     late: dict[str, Any] = {}  # what starts after the profiles are created
@@ -131,7 +135,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         if several:
             registry.register(ProfileLabelled(name, profile_registry))
         context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}"), clock,
-                                 lambda: late.get("webtransport"))
+                                 lambda: late.get("webtransport"), backend)
         runtime = profile.create(context)
         runtimes[name] = runtime
         listener.routes.extend((prefix, route) for route in runtime.routes)
@@ -143,6 +147,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         main.routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
     if settings.healthz_path:
         main.routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
+    if settings.readyz_path:
+        main.routes.append(("", ExchangeRoute(settings.readyz_path, backends.readyz(backend), frozenset({"GET", "HEAD"}))))
     scheme = "https" if settings.cert or settings.acme_hostnames else "http"
     acme, acme_sockets = None, []
     try:
@@ -189,7 +195,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 listener.done.set()
 
         urls = {name: listener_of[name].url + mounts.get(name, (None, ""))[1] for name in runtimes}
-        async with anyio.create_task_group() as tg:
+        async with backends.one_error(), anyio.create_task_group() as tg:
+            await tg.start(backends.run, backend)
             for runtime in runtimes.values():
                 tg.start_soon(runtime.run)
             for listener in listeners:

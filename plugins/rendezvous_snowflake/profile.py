@@ -1,5 +1,6 @@
 """Snowflake profile: the Go broker's settings and flags, and the runtime that binds the
-messages to the pairing matcher."""
+messages to the pairing matcher: a store of the server's backend (``memory``: one node;
+``redis``: every node of a cluster equal, see docs/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import enum
 import ipaddress
 import pathlib
 import sys
+import time
 from typing import Any, Mapping, Sequence
 
 import anyio
 import attrs
 
-from rendezvous.core import Deliver, Expired, Pairing
-from rendezvous.core.driver import Driver
+from rendezvous.backends import BackendUnavailable
+from rendezvous.core import Deliver, Expired
 from rendezvous.errors import ConfigError
 from rendezvous.profile import ProfileContext
 from rendezvous.settings import positive, setting
@@ -92,6 +94,7 @@ def parse_addr(addr: str) -> tuple[str, int]:
 class SnowflakeProfile:
     name = "snowflake"
     summary = "Tor Snowflake broker, drop-in for the Go broker (HTTP long-poll)"
+    distributed = True  # every node of a cluster equal (backend = "redis")
     settings = SnowflakeSettings
     default_port = 443
     server_env: Mapping[str, Sequence[str]] = {}
@@ -117,19 +120,15 @@ class SnowflakeProfile:
 class _Waiting:
     """One HTTP request waiting in the matcher (a proxy poll or a client offer)."""
 
-    __slots__ = ("event", "result", "proxy_type")
+    __slots__ = ("event", "result")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.result: Any = None
-        self.proxy_type = ""
 
 
-@attrs.frozen
-class _Offer:
-    sdp: str
-    nat: str
-    relay_url: str
+# What the matcher carries (plain values: a shared backend stores them): a client's offer is
+# (sdp, nat, relay_url), a waiting proxy's info (type, nat), a proxy's answer its SDP string.
 
 
 def _is_public(ip: str) -> bool:
@@ -177,8 +176,11 @@ class SnowflakeRuntime:
                 "--allowed-relay-pattern is empty: every proxy that sends a relay pattern (all modern proxies) "
                 "will be rejected with 'incorrect relay pattern'"
             )
-        self.pairing = Pairing(hold_timeout=s.proxy_timeout, answer_timeout=s.client_timeout)
-        self.driver = Driver(self.pairing, self._execute_timed, context.clock)
+        self.backend = context.backend
+        self.pairing = self.backend.pairing("snowflake", hold_timeout=s.proxy_timeout, answer_timeout=s.client_timeout,
+                                            clock=context.clock)
+        self.pairing.attach(self._execute_timed)
+        self.reports = self.backend.reports("snowflake")
         self.prom = Prometheus(context.metrics)
         self.descriptor = Descriptor()
         self.client_pools = {
@@ -224,7 +226,7 @@ class SnowflakeRuntime:
     async def run(self) -> None:
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self.driver.run)
+                tg.start_soon(self.pairing.run)
                 tg.start_soon(self._dump_metrics_forever)
                 if self.sqs is not None:
                     tg.start_soon(self.sqs.run)
@@ -237,7 +239,7 @@ class SnowflakeRuntime:
         """Answer every held poll ("no match") and waiting client ("timed out") before stopping."""
         if self.sqs is not None:
             self.sqs.stop()
-        self._execute(self.pairing.drain(self.clock()))
+        self._execute(await self.pairing.drain(self.clock()))
 
     # -- effects ----------------------------------------------------------------------------
     def _execute(self, effects: Sequence[Any]) -> None:
@@ -251,6 +253,12 @@ class SnowflakeRuntime:
 
     async def _execute_timed(self, effects: Sequence[Any]) -> None:
         self._execute(effects)
+
+    async def _gone(self, party: _Waiting) -> None:
+        """A proxy or a client hung up while waiting: its poll leaves the pool, its match ends.
+        Shielded: the handler is being cancelled, and the store still has to hear of it."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
+            await self.pairing.gone(self.clock(), party)
 
     def _cors(self, handler: Any) -> Any:
         async def with_cors(request: HttpRequest) -> HttpResponse:
@@ -310,20 +318,21 @@ class SnowflakeRuntime:
         gauge = self.prom.available_proxies.labels(poll.type, poll.nat)
         gauge.inc()
         try:
-            self._execute(self.pairing.wait(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat)))
-            self.driver.poke()
+            effects = await self.pairing.wait(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat))
+            if effects:
+                self._execute(effects)
             await waiter.event.wait()
         finally:
             gauge.dec()
             if not waiter.event.is_set():  # the proxy hung up while waiting
-                self.pairing.gone(self.clock(), waiter)
-        offer: _Offer | None = waiter.result
+                await self._gone(waiter)
+        offer = waiter.result  # (sdp, nat, relay_url)
         if offer is None:
             self.descriptor.counts["proxy-idle"] += 1
             self.prom.proxy_poll.inc(status="idle", **labels)
             return HttpResponse(200, messages.encode_poll_reply(STATUS_NO_MATCH), (TEXT,))
         self.prom.proxy_poll.inc(status="matched", **labels)
-        return HttpResponse(200, messages.encode_poll_reply(STATUS_MATCH, offer.sdp, offer.nat, offer.relay_url), (TEXT,))
+        return HttpResponse(200, messages.encode_poll_reply(STATUS_MATCH, *offer), (TEXT,))
 
     # -- /answer ----------------------------------------------------------------------------
     async def proxy_answer(self, request: HttpRequest) -> HttpResponse:
@@ -333,12 +342,12 @@ class SnowflakeRuntime:
             answer = messages.decode_proxy_answer(request.body)
         except BadRequest:
             return HttpResponse(400)
-        effects = self.pairing.answer(self.clock(), answer.sid, answer.answer)
-        delivered = [e for e in effects if type(e) is Deliver]
-        if not delivered:
+        # The client may wait on another node: the store delivers it there, and tells the proxy's type here.
+        info, effects = await self.pairing.answer(self.clock(), answer.sid, answer.answer)
+        if info is None:
             self.prom.proxy_answer.inc(type="", status="timeout")
             return HttpResponse(200, messages.encode_answer_reply(False), (TEXT,))
-        self.prom.proxy_answer.inc(type=delivered[0].to.proxy_type, status="success")
+        self.prom.proxy_answer.inc(type=info[0], status="success")
         self._execute(effects)
         return HttpResponse(200, messages.encode_answer_reply(True), (TEXT,))
 
@@ -356,19 +365,17 @@ class SnowflakeRuntime:
             return None, UNKNOWN_BRIDGE, ip
         country = self._country(ip)
         asker = _Waiting()
-        info, effects = self.pairing.ask(self.clock(), asker, self.client_pools[poll.nat],
-                                         _Offer(poll.offer, poll.nat, bridge.websocket_address))
+        info, effects = await self.pairing.ask(self.clock(), asker, self.client_pools[poll.nat],
+                                               (poll.offer, poll.nat, bridge.websocket_address))
         if info is None:
             self._client_stats(method, country, poll.nat, "denied")
             return None, STR_NO_PROXIES, ip
-        asker.proxy_type = info[0]
         self._execute(effects)
-        self.driver.poke()
         try:
             await asker.event.wait()
         finally:
             if not asker.event.is_set():  # the client hung up: free the match
-                self.pairing.gone(self.clock(), asker)
+                await self._gone(asker)
         if asker.result is None:
             self._client_stats(method, country, poll.nat, "timeout")
             return None, STR_TIMED_OUT, ip
@@ -415,7 +422,8 @@ class SnowflakeRuntime:
 
     # -- the rest -----------------------------------------------------------------------------
     async def debug(self, request: HttpRequest) -> HttpResponse:
-        known = self.pairing.known()
+        # This node's proxies (on one node: all of them); a cluster's nodes add up to the whole.
+        known = await self.pairing.known(here=True)
         types: dict[str, int] = {}
         unknowns = 0
         nats = {NAT_RESTRICTED: 0, NAT_UNRESTRICTED: 0, NAT_UNKNOWN: 0}
@@ -436,8 +444,15 @@ class SnowflakeRuntime:
         return HttpResponse(200, b"User-agent: *\nDisallow: /\n", (TEXT,))
 
     async def metrics_descriptor(self, request: HttpRequest) -> HttpResponse:
-        path = self.settings.metrics_log
         not_found = HttpResponse(404, b"404 page not found\n", (TEXT,))
+        if self.backend.distributed:  # the cluster's descriptors, whichever node wrote them
+            try:
+                written = await self.reports.published()
+            except BackendUnavailable:
+                written = None  # this node's file, if it has one
+            if written:
+                return HttpResponse(200, "".join(written).encode(), (TEXT,))
+        path = self.settings.metrics_log
         if path is None:
             return not_found
         try:
@@ -449,6 +464,10 @@ class SnowflakeRuntime:
         """Write one descriptor block (and reset the counters), as the Go broker does daily."""
         now = datetime.datetime.now(datetime.timezone.utc)
         text = self.descriptor.dump(now, int(self.settings.metrics_interval))
+        self._write_descriptor(text)
+        return text
+
+    def _write_descriptor(self, text: str) -> None:
         if self.settings.metrics_log is None:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -458,9 +477,44 @@ class SnowflakeRuntime:
                     f.write(text)
             except OSError as exc:
                 self.log.error("cannot write metrics log", error=exc.strerror)
-        return text
 
     async def _dump_metrics_forever(self) -> None:
+        interval = self.settings.metrics_interval
+        if not self.backend.distributed:
+            while True:  # as the Go broker: every interval from the start
+                await anyio.sleep(interval)
+                self.dump_metrics()
+        # A cluster: periods aligned on the wall clock (multiples of the interval since the Unix
+        # epoch, daily at 00:00 UTC), the same on every node, and one descriptor per period.
+        period = int(time.time() // interval)
         while True:
-            await anyio.sleep(self.settings.metrics_interval)
-            self.dump_metrics()
+            await anyio.sleep(max(0.0, (period + 1) * interval - time.time()))
+            await self.dump_cluster_metrics(period)
+            period = max(period + 1, int(time.time() // interval))  # (a stall skips periods)
+
+    async def dump_cluster_metrics(self, period: int) -> str | None:
+        """The end of ``period`` on a cluster: every node hands in its counts (addresses hashed
+        with the period's salt), the node that takes the period's lease sums them, writes the
+        descriptor to its ``metrics_log`` (or stdout) and keeps it in the backend, where every
+        node's ``/metrics`` serves it. The descriptor written, or None (another node writes it, or
+        the backend was unreachable: this node's counts of the period are then lost)."""
+        interval = self.settings.metrics_interval
+        grace = min(interval / 4, 2.0)  # for the other nodes' parts
+        ttl = max(interval, 10 * grace)
+        end = (period + 1) * interval
+        if time.time() > end + ttl / 2:
+            self.log.warning("metrics period missed (this node stalled); its counts go into the next one", period=period)
+            return None
+        try:
+            salt = await self.reports.salt(period, ttl)
+            part = self.descriptor.export(salt)  # (and reset)
+            parts = await self.reports.gather(period, part, grace=grace, ttl=ttl)
+            if parts is None:
+                return None
+            text = Descriptor.merged(parts).dump(datetime.datetime.fromtimestamp(end, datetime.timezone.utc), int(interval))
+            await self.reports.publish(text)
+        except BackendUnavailable as exc:
+            self.log.error("metrics descriptor not written: backend unreachable", period=period, error=str(exc))
+            return None
+        self._write_descriptor(text)
+        return text

@@ -7,8 +7,9 @@ multiple of 8, so 0 stays 0 and 1 becomes 8.
 from __future__ import annotations
 
 import datetime
+import hashlib
 from collections import Counter as Tally
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
@@ -74,7 +75,7 @@ class Descriptor:
         self.reset()
 
     def reset(self) -> None:
-        self.proxy_ips: dict[str, tuple[str, str, str]] = {}  # ip -> (cc, type, nat)
+        self.proxy_ips: dict[Any, tuple[str, str, str]] = {}  # ip (merged: its hash) -> (cc, type, nat)
         self.counts: Tally[str] = Tally()
         self.client_ips: dict[str, Tally[str]] = {method: Tally() for method in METHODS}
 
@@ -96,6 +97,27 @@ class Descriptor:
             self.counts["client-snowflake-match-count"] += 1
         elif status == "timeout":
             self.counts["client-snowflake-timeout-count"] += 1
+
+    def export(self, salt: bytes) -> dict[str, Any]:
+        """This node's counts as plain values, for a cluster's descriptor (and reset): addresses
+        hashed with the period's ``salt`` (the same on every node), so that the same proxy seen
+        by two nodes counts once and no address leaves the node."""
+        ips = {hashlib.blake2b(ip.encode(), key=salt, digest_size=16).digest(): list(seen) for ip, seen in self.proxy_ips.items()}
+        part = {"ips": ips, "counts": dict(self.counts), "clients": {m: dict(t) for m, t in self.client_ips.items()}}
+        self.reset()
+        return part
+
+    @classmethod
+    def merged(cls, parts: Sequence[dict[str, Any]]) -> "Descriptor":
+        """The cluster's counts: the nodes' :meth:`export` parts summed (unique addresses once)."""
+        merged = cls()
+        for part in parts:
+            for key, seen in part["ips"].items():
+                merged.proxy_ips.setdefault(key, tuple(seen))
+            merged.counts.update(part["counts"])
+            for method, tally in part["clients"].items():
+                merged.client_ips.setdefault(method, Tally()).update(tally)
+        return merged
 
     def dump(self, end: datetime.datetime, interval_s: int) -> str:
         countries: Tally[str] = Tally(cc for cc, _, _ in self.proxy_ips.values())

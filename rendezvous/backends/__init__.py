@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rendezvous import plugins
 from rendezvous.backends.base import (
-    Backend, BackendError, BackendSettings, BackendUnavailable, Codec, MsgpackCodec, PairingStore,
+    Backend, BackendError, BackendSettings, BackendUnavailable, Codec, MsgpackCodec, PairingStore, ReportStore,
 )
 
 BACKENDS = "rendezvous.backends"
@@ -30,6 +30,6 @@ def create_backend(name: str = DEFAULT, settings: BackendSettings | None = None)
 
 __all__ = [
     "BACKENDS", "DEFAULT", "Backend", "BackendError", "BackendSettings", "BackendUnavailable", "Codec", "MsgpackCodec",
-    "PairingStore",
+    "PairingStore", "ReportStore",
     "available", "create_backend",
 ]

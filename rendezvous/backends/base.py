@@ -111,11 +111,35 @@ class PairingStore(Protocol):
 
     def next_deadline(self) -> float | None: ...
 
-    async def known(self) -> list[Any]:
-        """``info`` of every waiter known by session id (waiting, or matched and unanswered)."""
+    async def known(self, *, here: bool = False) -> list[Any]:
+        """``info`` of every waiter known by session id (waiting, or matched and unanswered); with
+        ``here``, only of those whose waiter was held on this node (what nodes report, summable)."""
 
     async def run(self) -> None:
         """The store's timers, until cancelled: effects go to the attached ``execute``."""
+
+
+@runtime_checkable
+class ReportStore(Protocol):
+    """A report made once per period for the whole cluster (Snowflake's CollecTor descriptor):
+    every node hands in its part when a period ends, one node (whichever takes the period's
+    lease) gets every part and writes the report, and the reports written are kept for every
+    node to serve. Periods are numbered by the caller (wall-clock aligned, the same on every node)."""
+
+    async def salt(self, period: int, ttl: float) -> bytes:
+        """Random bytes, the same for every node in ``period``: parts hash what they must not
+        hand in as it is (addresses) with it, and can still be merged."""
+
+    async def gather(self, period: int, part: Any, *, grace: float, ttl: float) -> list[Any] | None:
+        """Hand in this node's ``part``. The node that gets ``period``'s lease waits ``grace``
+        seconds for the others and gets every part; the others get None."""
+
+    async def publish(self, text: str) -> None:
+        """Keep a report written (the last 1000)."""
+
+    async def published(self) -> list[str] | None:
+        """The reports kept, oldest first; None where the backend keeps none (``memory``: the
+        profile's own file is the record)."""
 
 
 @runtime_checkable
@@ -134,6 +158,9 @@ class Backend(Protocol):
     def pairing(self, ns: str, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic,
                 codec: Codec | None = None) -> PairingStore:
         """The pairing store named ``ns`` (one per profile; the name keys its shared state)."""
+
+    def reports(self, ns: str, *, codec: Codec | None = None) -> ReportStore:
+        """The report store named ``ns``."""
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect and serve until cancelled (``await task_group.start(backend.run)``); then

@@ -6,6 +6,7 @@ profile pays an ``await`` (a fraction of a microsecond) and nothing else. Import
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import Any, Hashable, Iterable, Sequence
 
@@ -78,8 +79,27 @@ class MemoryPairingStore:
     def next_deadline(self) -> float | None:
         return self._pairing.next_deadline()
 
-    async def known(self) -> list[Any]:
+    async def known(self, *, here: bool = False) -> list[Any]:
         return self._pairing.known()
+
+
+class MemoryReportStore:
+    """One node is the whole cluster: its part is the report, and its file the record."""
+
+    def __init__(self) -> None:
+        self._salt = secrets.token_bytes(16)
+
+    async def salt(self, period: int, ttl: float) -> bytes:
+        return self._salt
+
+    async def gather(self, period: int, part: Any, *, grace: float, ttl: float) -> list[Any] | None:
+        return [part]
+
+    async def publish(self, text: str) -> None:
+        pass
+
+    async def published(self) -> list[str] | None:
+        return None
 
 
 class MemoryBackend:
@@ -93,6 +113,9 @@ class MemoryBackend:
     def pairing(self, ns: str, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic,
                 codec: Codec | None = None) -> MemoryPairingStore:
         return MemoryPairingStore(hold_timeout=hold_timeout, answer_timeout=answer_timeout, clock=clock)
+
+    def reports(self, ns: str, *, codec: Codec | None = None) -> MemoryReportStore:
+        return MemoryReportStore()
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

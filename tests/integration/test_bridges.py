@@ -22,6 +22,7 @@ from rendezvous.testing import (
 from rendezvous_snowflake.messages import encode_client_request
 
 from .conftest import SECRET
+from .test_snowflake import wait_known
 
 pytestmark = pytest.mark.anyio
 PATTERN = "snowflake.torproject.net"
@@ -193,11 +194,10 @@ async def test_snowflake_over_webtransport_and_bad_envelopes():
 
 async def test_snowflake_long_poll_cancelled_when_the_channel_closes():
     async with snowflake() as srv:
-        runtime = srv.runtimes["snowflake"]
         async with ws_connect(srv.ws_url + "/proxy") as ws:
             await ws.send(json.dumps({"id": 1, "body": proxy_poll("gone")}))
-            await wait_until(lambda: runtime.pairing.known())
-        await wait_until(lambda: not runtime.pairing.known())  # the poll was withdrawn when the socket went
+            await wait_known(srv, lambda proxies: proxies)
+        await wait_known(srv, lambda proxies: not proxies)  # the poll was withdrawn when the socket went
 
 
 # -- wasimoff providers over WebTransport and long-poll ---------------------------------------------------

@@ -30,6 +30,7 @@ from rendezvous_snowflake import messages
 from rendezvous_wasimoff.programs import tool_wasm
 
 from .conftest import SECRET
+from .test_snowflake import wait_known
 from .wasimoff_peers import GenAPeer
 
 pytestmark = pytest.mark.anyio
@@ -89,7 +90,7 @@ async def test_an_offer_with_lone_surrogates_reaches_the_proxy_as_go_decodes_it(
             result["answer"] = await http_call(srv.url + "/answer", "POST", answer)
 
         tg.start_soon(proxy)
-        await wait_until(lambda: srv.runtimes["snowflake"].pairing.known())
+        await wait_known(srv, lambda proxies: proxies)
         tg.start_soon(client)
     assert result["poll"].status == 200
     assert json.loads(result["poll"].content)["Offer"] == "sdp \ufffd \ufffd\U0001f600"  # Go: U+FFFD per lone one

@@ -49,11 +49,19 @@ async def answer(http, srv, sid, text=ANSWER):
     return await http_call(srv.url + "/answer", "POST", json.dumps({"Version": "1.3", "Sid": sid, "Answer": text}).encode())
 
 
-async def wait_polling(srv, n=1):
-    runtime = srv.runtimes["snowflake"]
-    with anyio.fail_after(5):
-        while len(runtime.pairing.known()) < n:
+async def known(srv) -> list:
+    """The proxies the broker knows (waiting, or matched and unanswered): its store is async."""
+    return await srv.runtimes["snowflake"].pairing.known()
+
+
+async def wait_known(srv, predicate, timeout: float = 5.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate(await known(srv)):
             await anyio.sleep(0.01)
+
+
+async def wait_polling(srv, n=1):
+    await wait_known(srv, lambda proxies: len(proxies) >= n)
 
 
 def dump(srv) -> str:
@@ -460,7 +468,7 @@ async def test_poll_decoding(body, status):
             assert r.content == NO_MATCH
         else:
             assert r.content == b""
-        assert srv.runtimes["snowflake"].pairing.known() == []
+        assert await known(srv) == []
 
 
 @pytest.mark.parametrize(
@@ -526,14 +534,11 @@ async def test_cors_options_debug_robots_and_any_method(http_server):
 
 async def test_disconnecting_client_frees_proxy_and_disconnecting_proxy_leaves_pool(http_server):
     async with broker(http_server, proxy_timeout=5.0, client_timeout=5.0) as srv, client() as http:
-        runtime = srv.runtimes["snowflake"]
         async with anyio.create_task_group() as tg:
             tg.start_soon(poll, http, srv, "gone", "unrestricted")
             await wait_polling(srv)
             tg.cancel_scope.cancel()  # the proxy hangs up mid-poll
-        with anyio.fail_after(5):
-            while runtime.pairing.known():
-                await anyio.sleep(0.01)
+        await wait_known(srv, lambda proxies: not proxies)
         assert (await offer(http, srv)).json() == {"error": "no snowflake proxies currently available"}
 
         async with anyio.create_task_group() as tg:
@@ -550,9 +555,7 @@ async def test_disconnecting_client_frees_proxy_and_disconnecting_proxy_leaves_p
                     while "r" not in got:
                         await anyio.sleep(0.01)
                 clients.cancel_scope.cancel()  # the client hangs up while waiting for the answer
-        with anyio.fail_after(5):
-            while runtime.pairing.known():
-                await anyio.sleep(0.01)
+        await wait_known(srv, lambda proxies: not proxies)
         assert (await answer(http, srv, "matched")).content == b'{"Status":"client gone"}'
 
 

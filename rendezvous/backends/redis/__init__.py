@@ -17,6 +17,10 @@ def create(settings: BackendSettings) -> Any:
         from rendezvous.backends.redis.node import RedisBackend
     except ImportError as exc:
         raise ConfigError(f"the redis backend needs the redis extra: pip install 'rendezvous[redis]' ({exc})") from None
-    if not settings.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"backend_url: expected redis://, rediss:// or unix://, got {settings.url.split('://')[0]}://")
+    scheme = settings.url.split("://")[0]
+    if scheme == "redis+sentinel":
+        raise ConfigError("backend_url: redis+sentinel:// is not supported (Sentinel is not built yet): give the "
+                          "primary's redis:// or rediss:// URL (docs/operations.md, Running a cluster)")
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"backend_url: expected redis://, rediss:// or unix://, got {scheme}://")
     return RedisBackend(settings)

@@ -41,8 +41,10 @@ local function publish(node, kind, epoch, token, payload)
 end
 """
 
-# wait(token, sid, pool, order, info, ttl_ms) -> the token of this node's replaced waiter, or nil
+# wait(token, sid, pool, order, info, ttl_ms) -> the token of this node's replaced waiter, or nil;
+# -1 while this node is not alive with its epoch (declared dead, not fenced yet): nothing is recorded
 SF_WAIT = Script("sf_wait", _PAIRING + """
+if not alive(NODE, EPOCH) then return -1 end
 local token, sid, pool = ARGV[7], ARGV[8], ARGV[9]
 local wkey = P .. ':w:' .. sid
 local old = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'wt', 'pool', 'm')
@@ -67,7 +69,8 @@ redis.call('SADD', P .. ':nodes', NODE)
 return replaced
 """)
 
-# claim(token, offer, ttl_ms, max_pops, pool...) -> {sid, node, epoch, token, info} | nil (none) | 1 (call again)
+# claim(token, offer, match_ttl_ms, max_pops, pool...) -> {sid, node, epoch, token, info} | nil (none) | 1 (call again)
+# A matched record lives match_ttl_ms (longer than either side's remaining time) unless ended first.
 # A waiter counts only while its node is alive with the epoch it registered under: a dead or
 # fenced node's waiters are dropped where they are found. The offer is published to the
 # waiter's node, and kept in the record for that node's withdraw (the exact race, see there).
@@ -115,7 +118,7 @@ end
 return {w[7]}
 """)
 
-# answer(sid, answer, ttl_ms) -> {asker node, epoch, token, waiter info} | nil (asker gone)
+# answer(sid, answer, match_ttl_ms) -> {asker node, epoch, token, waiter info} | nil (asker gone)
 SF_ANSWER = Script("sf_answer", _PAIRING + """
 local sid = ARGV[7]
 local wkey = P .. ':w:' .. sid
@@ -133,7 +136,8 @@ end
 return {w[2], w[3], w[4], w[5]}
 """)
 
-# asker_end(token, sid): the asker hung up or its answer time ran out.
+# asker_end(token, sid, match_ttl_ms): the asker hung up or its answer time ran out. A 'done' record
+# stays only for the waiter's withdraw (which may still come), then expires.
 # -> 1 (the match ends unanswered) | {answer} (answered meanwhile: deliver it) | 0 (not ours)
 SF_ASKER_END = Script("sf_asker_end", _PAIRING + """
 local sid = ARGV[8]
@@ -142,6 +146,7 @@ local w = redis.call('HMGET', wkey, 'state', 'an', 'ae', 'at', 'answer', 'node')
 if w[2] ~= NODE or w[3] ~= EPOCH or w[4] ~= ARGV[7] then return 0 end
 if w[1] == 'matched' then
   redis.call('HSET', wkey, 'state', 'done')
+  if ARGV[9] then redis.call('PEXPIRE', wkey, ARGV[9]) end
   redis.call('SREM', P .. ':n:' .. w[6], sid)
   return 1
 end
@@ -149,10 +154,12 @@ if w[1] == 'answered' then redis.call('DEL', wkey) return {w[5]} end
 return 0
 """)
 
-# known() -> infos of the waiters of live nodes that wait or are matched (drops stale set members)
+# known(node) -> infos of the waiters of live nodes (of ``node`` only, unless it is '') that wait or are
+# matched (drops stale set members)
 SF_KNOWN = Script("sf_known", _PAIRING + """
 local out = {}
-for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+local nodes = ARGV[7] ~= '' and {ARGV[7]} or redis.call('SMEMBERS', P .. ':nodes')
+for _, node in ipairs(nodes) do
   local epoch = redis.call('GET', NK .. node)
   if epoch then
     local nkey = P .. ':n:' .. node
@@ -193,5 +200,29 @@ end
 return 0
 """)
 
-PAIRING_SCRIPTS = (SF_WAIT, SF_CLAIM, SF_WITHDRAW, SF_ANSWER, SF_ASKER_END, SF_KNOWN, SF_REAP)
+# forget(old_epoch, max) -> 1 (more to do) | 0: after this node was fenced, its waiting records of the
+# old epoch leave their pools (another node may have reaped them already, or not if this node came
+# back before a reap ran). Matched ones stay: their proxy may still answer through a live node.
+SF_FORGET = Script("sf_forget", _PAIRING + """
+local old, budget = ARGV[7], tonumber(ARGV[8])
+local nkey = P .. ':n:' .. NODE
+for _, sid in ipairs(redis.call('SMEMBERS', nkey)) do
+  local wkey = P .. ':w:' .. sid
+  local w = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'pool', 'm')
+  if w[2] ~= NODE then
+    redis.call('SREM', nkey, sid)
+  elseif w[3] == old then
+    if w[1] == 'waiting' then
+      redis.call('ZREM', P .. ':pool:' .. w[4], w[5])
+      redis.call('DEL', wkey)
+    end
+    redis.call('SREM', nkey, sid)
+    budget = budget - 1
+    if budget <= 0 then return 1 end
+  end
+end
+return 0
+""")
+
+PAIRING_SCRIPTS = (SF_WAIT, SF_CLAIM, SF_WITHDRAW, SF_ANSWER, SF_ASKER_END, SF_KNOWN, SF_REAP, SF_FORGET)
 ALL = (NODE_BEAT, NODE_LEAVE, *PAIRING_SCRIPTS)

@@ -101,10 +101,12 @@ async def reconnecting(connect: Callable[[], Awaitable[AbstractConnection]],
 
 class Mux:
     def __init__(self, connect: Callable[[], AbstractConnection], scripts: Iterable[Script], *,
-                 on_late: Callable[[Late, Any], None], name: str = "redis") -> None:
+                 on_late: Callable[[Late, Any], None], name: str = "redis",
+                 on_connect: Callable[[bool], None] | None = None) -> None:
         self._new_connection = connect
         self._scripts = tuple(scripts)
         self._on_late = on_late
+        self._on_connect = on_connect  # called with ``first`` each time the connection is (re)made
         self.name = name
         self._conn: AbstractConnection | None = None
         self._write: Callable[[bytes], None] | None = None
@@ -173,6 +175,8 @@ class Mux:
 
     async def _serve(self, conn: AbstractConnection, first: bool) -> None:
         self._conn, self._write, self._pack = conn, conn._writer.write, conn.pack_command  # type: ignore[union-attr]
+        if self._on_connect is not None:
+            self._on_connect(first)
         try:
             await self._read(conn)
         finally:

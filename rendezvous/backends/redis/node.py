@@ -34,10 +34,10 @@ from rendezvous.backends.base import BackendError, BackendSettings, BackendUnava
 from rendezvous.backends.redis import lua
 from rendezvous.backends.redis.mux import Late, Mux, connection_factory, describe, reconnecting
 from rendezvous.backends.redis.pairing import RedisPairingStore
+from rendezvous.backends.redis.reports import RedisReportStore
 from rendezvous.core.effects import Effect
 from rendezvous.errors import ConfigError
 
-REAP_EVERY = 5  # beats between two garbage collections of dead nodes' pool entries
 
 
 class RedisBackend:
@@ -56,12 +56,15 @@ class RedisBackend:
         self._ttl_ms = int(settings.node_ttl * 1000)
         self._connect = connection_factory(settings.url)
         self.where = describe(settings.url)
-        self.mux = Mux(self._connect, lua.ALL, on_late=self._late, name=f"redis at {self.where}")
+        self.mux = Mux(self._connect, lua.ALL, on_late=self._late, name=f"redis at {self.where}", on_connect=self._connected)
         self.new_token = itertools.count(1).__next__  # never reused in this process, across epochs too
         self._stores: dict[bytes, RedisPairingStore] = {}
         self._registered = False
+        self._confirmed = True  # False from a reconnect until a beat has checked the liveness key
+        self._beat_now = anyio.Event()
         self._subscribed = False
         self._beating = True
+        self._forget: list[str] = []  # epochs of this node's earlier lives whose waiting records may be left
         self._late_send, self._late_receive = anyio.create_memory_object_stream[tuple[Any, Sequence[Effect]]](math.inf)
 
     def _new_epoch(self) -> None:
@@ -70,7 +73,7 @@ class RedisBackend:
 
     @property
     def ready(self) -> bool:
-        return self._registered and self._subscribed and self.mux.connected
+        return self._registered and self._confirmed and self._subscribed and self.mux.connected
 
     def pairing(self, ns: str, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic,
                 codec: Codec | None = None) -> RedisPairingStore:
@@ -80,6 +83,9 @@ class RedisBackend:
         store = RedisPairingStore(self, ns, hold_timeout=hold_timeout, answer_timeout=answer_timeout, clock=clock, codec=codec)
         self._stores[key] = store
         return store
+
+    def reports(self, ns: str, *, codec: Codec | None = None) -> RedisReportStore:
+        return RedisReportStore(self, ns, codec)
 
     # -- running --------------------------------------------------------------------------------
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -129,26 +135,40 @@ class RedisBackend:
         finally:
             await conn.disconnect(nowait=True)
 
+    def _connected(self, first: bool) -> None:
+        """The mux (re)connected: Redis may have lost this node's key meanwhile (restarted, or the
+        node was cut off past its TTL), so it is not ready until a beat, made now, has checked."""
+        if not first:
+            self._confirmed = False
+            self._beat_now.set()
+
     async def _beat(self) -> None:
-        beats = 0
         while True:
-            await anyio.sleep(self.settings.node_ttl / 3)
+            with anyio.move_on_after(self.settings.node_ttl / 3):
+                await self._beat_now.wait()
+            self._beat_now = anyio.Event()
             if not self._beating:
                 continue
             try:
                 if not self._registered:
                     await self._register()
+                    self._confirmed = True
                     continue
                 state = await self.mux.eval(lua.NODE_BEAT, self._node_key, self.epoch, self._ttl_ms)
+                if state == 1:
+                    self._confirmed = True
                 if state == 0:
                     await self._fence()
+                    self._confirmed = True
                 elif state == -1:
                     raise BackendError(f"node id {self.node_id!r} was taken by another node while this one was cut off")
-                else:
-                    beats += 1
-                    if beats % REAP_EVERY == 0:
+                else:  # garbage collection: dead nodes' pool entries, this node's from before a fence
+                    for store in list(self._stores.values()):
+                        await store.reap()
+                    while self._forget:
                         for store in list(self._stores.values()):
-                            await store.reap()
+                            await store.forget(self._forget[0])
+                        self._forget.pop(0)
             except BackendUnavailable:
                 continue  # not ready; the mux reconnects, and the next beat tells what happened meanwhile
             except RedisError as exc:
@@ -158,6 +178,7 @@ class RedisBackend:
         self.log.warning("redis backend: this node was declared dead (its liveness key expired); "
                          "ending what it held and registering again", node=self.node_id)
         self._registered = False
+        self._forget.append(self.epoch)  # its waiting records leave their pools at the next beats
         self._new_epoch()  # frames and records of the old life are ignored from now on
         for store in list(self._stores.values()):
             await self._execute(store, store.fence())

@@ -17,8 +17,10 @@ scripts in :mod:`.lua`, one atomic step each:
 * A local party is resolved once: by whichever of the call's reply, a bus message or a
   timer's script is processed first; the others find it gone and do nothing.
 
-No shared deadline is stored: hold and answer times are local, and a record's TTL
-(``hold + answer + 5 s``) is garbage collection only. A party is told apart on its node by a
+No shared deadline is stored: hold and answer times are local, and a record's TTL is garbage
+collection only: ``hold + answer + 5 s`` while it waits, then ``max(hold, answer) + 2 s`` once
+matched (longer than either side may still need it), so what a dead node left behind is gone
+within seconds. A party is told apart on its node by a
 token that is never reused in the process; bus frames carry the epoch too, so a frame for an
 earlier life of the node is ignored.
 """
@@ -79,6 +81,7 @@ class RedisPairingStore:
         self._codec = codec or MsgpackCodec()
         self._key = f"{node.settings.prefix}:{{{ns}}}"
         self._ttl_ms = int((hold_timeout + answer_timeout) * 1000) + 5000
+        self._match_ttl_ms = int(max(hold_timeout, answer_timeout) * 1000) + 2000
         self._held: dict[int, _Held] = {}  # by token
         self._by_party: dict[Hashable, _Held] = {}
         self._deadlines: list[tuple[float, int, _Held]] = []
@@ -104,7 +107,7 @@ class RedisPairingStore:
 
     async def ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
         held = self._hold(party, ASKER, None, math.inf)
-        args = (held.token, self._codec.dumps(offer), self._ttl_ms, MAX_POPS, *pools)
+        args = (held.token, self._codec.dumps(offer), self._match_ttl_ms, MAX_POPS, *pools)
         process = functools.partial(self._claimed, held, now, offer)
         try:
             while True:
@@ -116,7 +119,7 @@ class RedisPairingStore:
             raise
 
     async def answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
-        args = (sid, self._codec.dumps(answer), self._ttl_ms)
+        args = (sid, self._codec.dumps(answer), self._match_ttl_ms)
         return await self._call(lua.SF_ANSWER, args, functools.partial(self._answered, answer))
 
     async def gone(self, now: float, party: Hashable) -> list[Effect]:
@@ -125,7 +128,7 @@ class RedisPairingStore:
             return []
         if held.kind is WAITER:
             return (await self._call(lua.SF_WITHDRAW, (held.token, held.sid), _left_pool))[1]
-        return (await self._call(lua.SF_ASKER_END, (held.token, held.sid), _ended_match))[1]
+        return (await self._call(lua.SF_ASKER_END, (held.token, held.sid, self._match_ttl_ms), _ended_match))[1]
 
     async def advance(self, now: float) -> list[Effect]:
         heap = self._deadlines
@@ -147,11 +150,11 @@ class RedisPairingStore:
         self._deadlines.clear()
         return await self._end(held)
 
-    async def known(self) -> list[Any]:
+    async def known(self, *, here: bool = False) -> list[Any]:
         def infos(reply: Any) -> tuple[list[Any], list[Effect]]:
             return ([] if isinstance(reply, Exception) else [self._codec.loads(i) for i in reply]), []
 
-        return (await self._call(lua.SF_KNOWN, (), infos))[0]
+        return (await self._call(lua.SF_KNOWN, (self._node.node_id if here else "",), infos))[0]
 
     # -- what the node calls ------------------------------------------------------------------
     def on_message(self, kind: bytes, token: int, payload: bytes) -> list[Effect]:
@@ -193,17 +196,25 @@ class RedisPairingStore:
                     effects.append(Expired(held.party, "hold" if state is None else "replaced"))
             elif state == b"answered" and self._is_here(a_node, a_epoch) and a_token == token and self._release(held):
                 effects.append(Deliver(held.party, self._codec.loads(answer)))
-                self._mux.send(lua.SF_ASKER_END, *self._head(), held.token, held.sid)
+                self._mux.send(lua.SF_ASKER_END, *self._head(), held.token, held.sid, self._match_ttl_ms)
         return effects
 
     async def reap(self) -> None:
-        """Garbage-collect the pool entries of dead nodes (run now and then by a live node)."""
+        """Garbage-collect the pool entries of dead nodes (run at every beat by every live node)."""
         while await self._mux.eval(lua.SF_REAP, *self._head(), 500) == 1:
+            pass
+
+    async def forget(self, old_epoch: str) -> None:
+        """After a fence (under the new epoch, before registering it): take this node's waiting
+        records of ``old_epoch`` out of their pools, should no other node have reaped them."""
+        while await self._mux.eval(lua.SF_FORGET, *self._head(), old_epoch, 500) == 1:
             pass
 
     # -- replies ------------------------------------------------------------------------------
     def _waited(self, held: _Held, reply: Any) -> tuple[None, list[Effect]]:
         if isinstance(reply, Exception):
+            return None, ([Expired(held.party, "unavailable")] if self._release(held) else [])
+        if reply == -1:  # this node is not alive with its epoch (about to fence itself): not recorded
             return None, ([Expired(held.party, "unavailable")] if self._release(held) else [])
         held.confirmed = True
         if reply is not None:
@@ -229,7 +240,7 @@ class RedisPairingStore:
         if self._held.get(held.token) is held:
             self._set_deadline(held, now + self.answer_timeout)
         else:  # the asker hung up while its claim was on the wire: end the match it made
-            self._mux.send(lua.SF_ASKER_END, *self._head(), held.token, sid)
+            self._mux.send(lua.SF_ASKER_END, *self._head(), held.token, sid, self._match_ttl_ms)
         return self._codec.loads(info), effects
 
     def _answered(self, answer: Any, reply: Any) -> tuple[Any, list[Effect]]:
@@ -284,9 +295,12 @@ class RedisPairingStore:
         calls = []
         for held in parties:
             held.firing = True
-            script = lua.SF_WITHDRAW if held.kind is WAITER else lua.SF_ASKER_END
             process = functools.partial(self._ended, held)
-            future = self._mux.eval(script, *self._head(), held.token, held.sid, late=functools.partial(self._late, process))
+            late = functools.partial(self._late, process)
+            if held.kind is WAITER:
+                future = self._mux.eval(lua.SF_WITHDRAW, *self._head(), held.token, held.sid, late=late)
+            else:
+                future = self._mux.eval(lua.SF_ASKER_END, *self._head(), held.token, held.sid, self._match_ttl_ms, late=late)
             calls.append((future, process))
         effects: list[Effect] = []
         for index, (future, process) in enumerate(calls):
