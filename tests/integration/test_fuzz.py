@@ -196,7 +196,7 @@ async def channel_case(rng: random.Random, base: str, seed: tuple[str, list[str]
     return None
 
 
-@pytest.mark.parametrize("profile", ["overlay", "snowflake"])
+@pytest.mark.parametrize("profile", sorted(PROFILES))
 async def test_fuzz_profile_on_the_default_server(profile, tmp_path):
     args, http_seeds, ws_seeds = PROFILES[profile]
     environ = env(WASIMOFF_QUIC_LISTEN="")  # no UDP listener: tests must not clash on :4443

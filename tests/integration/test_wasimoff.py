@@ -198,6 +198,9 @@ async def test_file_resolution_errors_never_reach_a_provider():
         assert "don't use both Blob and Ref together" in reply.json()["message"]
         reply, _ = await run_rpc(http, srv, schema.Wasip1Request())
         assert "both Blob and Ref are nil" in reply.json()["message"]
+        # HTTP exec: the request's fault is a 400 too (the original answers 500 for every error)
+        reply = await http.post(srv.url + "/api/client/run/no-such-name", content=b"")
+        assert reply.status_code == 400 and reply.text == "binary: Ref not found in storage\n"
         with pytest.raises(TimeoutError):
             await p.recv_request(schema.Wasip1Request, timeout=0.3)
 

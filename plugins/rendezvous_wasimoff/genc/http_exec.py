@@ -11,6 +11,7 @@ from urllib.parse import quote
 from rendezvous.transports.base import HttpRequest, HttpResponse
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.broker import Broker
+from rendezvous_wasimoff.genc.connect import STATUS
 from rendezvous_wasimoff.tasks import RpcError
 
 PATH = "/api/client/run/"
@@ -47,7 +48,9 @@ async def http_exec(broker: Broker, request: HttpRequest) -> HttpResponse:
     try:
         result = await broker.submit(task, "wasip1", request.client_host)
     except RpcError as exc:
-        return HttpResponse.text(500, exc.message + "\n")
+        # The original answers every error 500; a request's own fault (a ref not in storage,
+        # both or neither of blob and ref) is a 4xx here, as over ConnectRPC (Queue Full: 429).
+        return HttpResponse.text(STATUS.get(exc.code, 500), exc.message + "\n")
     reply_headers = [("x-wasimoff-provider", _header_value(result.info.provider))] if result.info.provider else []
     if result.WhichOneof("result") == "error":
         return HttpResponse(200, result.error.encode(), (*reply_headers, ("x-wasimoff-result", "Error"), TEXT))
