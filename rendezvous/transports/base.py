@@ -107,6 +107,11 @@ class Channel(Protocol):
     async def refuse(self, status: int = 403, body: bytes = b"") -> None:
         """Refuse the channel before accepting it (an HTTP status where the transport has one)."""
 
+    def expect(self, kind: str) -> None:
+        """Only ``"text"`` or only ``"binary"`` messages are valid from now on. A transport that
+        reads frames itself then refuses the other kind on the frame's header (close 1003),
+        before buffering it; others may ignore the hint (the profile checks anyway)."""
+
     async def receive(self) -> str | bytes:
         """The next whole message; raises :class:`ChannelClosed` once closed."""
 

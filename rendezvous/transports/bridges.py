@@ -129,6 +129,9 @@ class LongPollChannel:
         return self._inbox.closed
 
     # -- the profile's side ------------------------------------------------------------------
+    def expect(self, kind: str) -> None:
+        """A hint only: this transport hands whole messages to the profile, which checks their kind."""
+
     async def accept(self, subprotocol: str | None = None) -> None:
         self._inbox.raise_if_closed()
         if not self.decided.done():

@@ -54,6 +54,9 @@ class WebSocketChannel:
     def closed(self) -> bool:
         return self._closed
 
+    def expect(self, kind: str) -> None:
+        """A hint only: this transport hands whole messages to the profile, which checks their kind."""
+
     async def accept(self, subprotocol: str | None = None) -> None:
         message: dict[str, Any] = {"type": "websocket.accept"}
         if subprotocol is not None:

@@ -266,3 +266,20 @@ async def test_a_peer_that_never_reads_its_output_is_dropped(srv, monkeypatch):
     sock.close()
     await stream.send(frame(0x8, struct.pack("!H", 1000)))
     assert await read_close_code(stream) == 1000
+
+
+async def test_a_frame_of_the_wrong_kind_is_refused_on_its_header():
+    """wasimoff's client socket on the protobuf subprotocol takes binary frames only: a 64 MiB
+    text frame is closed 1003 from its header alone, its payload never read."""
+    async with serve("wasimoff", {"static_files": None}) as srv:
+        stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+        upgrade = UPGRADE.format(path="/api/client/ws", key="a2V5a2V5a2V5a2V5a2V5aw==").replace(
+            "\r\n\r\n", "\r\nSec-WebSocket-Protocol: wasimoff_provider_v1_protobuf\r\n\r\n")
+        await stream.send(upgrade.encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += await stream.receive()
+        assert response.startswith(b"HTTP/1.1 101")
+        await anyio.sleep(0.1)  # the profile has chosen the subprotocol
+        await stream.send(bytes([0x81, 0xFF]) + struct.pack("!Q", 64 * 1024 * 1024) + b"mask")
+        assert await read_close_code(stream, response.split(b"\r\n\r\n", 1)[1]) == 1003

@@ -293,3 +293,12 @@ def test_status_lines_carry_the_standard_reason_phrase():
     assert status_line(308) == b"HTTP/1.1 308 Permanent Redirect\r\n"  # was "308 Unknown"
     assert status_line(431) == b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     assert status_line(599) == b"HTTP/1.1 599 \r\n"  # no phrase for a code without one
+
+
+def test_a_channel_that_takes_one_kind_refuses_the_other_on_the_header():
+    reader = FrameReader(BIG)
+    reader.only = 0x2  # binary only
+    assert reader.feed(client_frame(0x2, b"ok") + client_frame(0x9, b""))[0] == b"ok"
+    with pytest.raises(ProtocolError) as caught:
+        reader.feed(bytes([0x81, 0xFF]) + struct.pack("!Q", 1 << 26) + b"mask")  # header only
+    assert caught.value.code == 1003

@@ -16,4 +16,6 @@ async def negotiate(channel: Channel) -> Codec | None:
         await channel.close(CLOSE_PROTOCOL_ERROR, "unsupported subprotocol")
         return None
     await channel.accept(chosen)
-    return Codec(chosen)
+    codec = Codec(chosen)
+    channel.expect("text" if codec.json else "binary")  # the other kind is refused on its header
+    return codec

@@ -40,6 +40,9 @@ class NativeChannel:
         self._inbox.close(1005)
         self._conn.refuse_websocket(status, body)
 
+    def expect(self, kind: str) -> None:
+        self._conn.expect_messages(kind)
+
     async def receive(self) -> str | bytes:
         message = await self._inbox.get()
         if len(self._inbox.messages) < PAUSE_AT // 2:

@@ -475,6 +475,10 @@ class Connection(asyncio.Protocol):
         if early:
             self._websocket_data(early)
 
+    def expect_messages(self, kind: str) -> None:
+        if self.reader is not None:
+            self.reader.only = 0x1 if kind == "text" else 0x2
+
     def refuse_websocket(self, status: int, body: bytes = b"") -> None:
         self.pending_key = None
         self._respond_and_close(status, body)

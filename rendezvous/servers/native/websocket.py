@@ -98,13 +98,15 @@ class FrameReader:
     """The frames one client sends, turned into events. Feed it bytes; it keeps the rest."""
 
     __slots__ = (
-        "max_message_size", "max_fragments", "closed", "_buf", "_remaining", "_mask", "_offset",
+        "max_message_size", "max_fragments", "only", "closed", "_buf", "_remaining", "_mask", "_offset",
         "_fin", "_frame_opcode", "_started", "_opcode", "_parts", "_size", "_frames", "_decoder",
     )
 
     def __init__(self, max_message_size: int, max_fragments: int = MAX_FRAGMENTS) -> None:
         self.max_message_size = max_message_size
         self.max_fragments = max_fragments
+        #: the one data opcode accepted for new messages (0: both); the other closes 1003
+        self.only = 0
         #: a close frame was read; anything after it is ignored
         self.closed = False
         self._buf = bytearray()
@@ -200,6 +202,8 @@ class FrameReader:
                     pos = end
                     break
                 continue
+            if self.only and opcode and opcode != self.only:
+                raise ProtocolError(1003, "binary message on a text channel" if self.only == _TEXT else "text message on a binary channel")
             if self._size + length > self.max_message_size:
                 raise ProtocolError(1009, "message too big")
             self._size += length

@@ -70,6 +70,9 @@ class WebTransportSession:
     def closed(self) -> bool:
         return self._inbox.closed
 
+    def expect(self, kind: str) -> None:
+        """A hint only: this transport hands whole messages to the profile, which checks their kind."""
+
     async def accept(self, subprotocol: str | None = None) -> None:
         if self._inbox.closed:
             raise ChannelClosed(1006, "session gone before accept")
