@@ -26,22 +26,39 @@ class DuplicateRoute(ValueError):
     pass
 
 
-def make_static_app(static_dirs: Sequence[pathlib.Path]) -> Any:
-    """A Quart app serving static files from ``static_dirs`` (first match wins), ``/`` → index.html."""
-    from quart import Quart, abort, send_from_directory
+def make_static_app(static_dirs: Sequence[tuple[str, pathlib.Path]]) -> Any:
+    """A Quart app serving each ``(prefix, directory)`` under its prefix (``/prefix/`` → index.html)."""
+    from quart import Quart, abort, redirect, send_from_directory
 
     app = Quart("rendezvous.static", static_folder=None)
 
-    @app.route("/", defaults={"filename": "index.html"})
+    @app.route("/", defaults={"filename": ""})
     @app.route("/<path:filename>")
     async def serve_file(filename: str) -> Any:
-        for directory in static_dirs:
-            candidate = directory / filename
-            if candidate.is_file():
-                return await send_from_directory(directory, filename)
+        path = "/" + filename
+        for prefix, directory in static_dirs:
+            if prefix and path == prefix:
+                return redirect(prefix + "/")
+            if prefix and not path.startswith(prefix + "/"):
+                continue
+            name = path[len(prefix) + 1:] or "index.html"
+            if (directory / name).is_file():
+                return await send_from_directory(directory, name)
         abort(404)
 
     return app
+
+
+def static_at(static_dirs: Sequence[pathlib.Path | tuple[str, pathlib.Path]]) -> list[tuple[str, pathlib.Path]]:
+    """``(prefix, directory)`` pairs (a bare directory is served at ``/``); two at one prefix are a
+    :class:`DuplicateRoute` (one would hide the other's files)."""
+    pairs = [(entry[0].rstrip("/"), entry[1]) if isinstance(entry, tuple) else ("", entry) for entry in static_dirs]
+    claimed: dict[str, pathlib.Path] = {}
+    for prefix, directory in pairs:
+        if prefix in claimed:
+            raise DuplicateRoute(f"two static directories claim {prefix}/: {claimed[prefix]} and {directory}")
+        claimed[prefix] = directory
+    return pairs
 
 
 def mounted(prefix: str, route: Route) -> Route:
@@ -70,10 +87,12 @@ def mounted(prefix: str, route: Route) -> Route:
 class App:
     """Built once per server from the mounted routes; an ASGI callable too."""
 
-    def __init__(self, routes: Iterable[tuple[str, Route]], transports: Sequence[Any], static_dirs: Sequence[pathlib.Path] = (),
-                 bridges: Any = None) -> None:
-        """``bridges`` (a :class:`rendezvous.transports.bridges.Bridges`): also carry channel
-        routes over HTTP long-poll and exchange routes over channels, at the same paths."""
+    def __init__(self, routes: Iterable[tuple[str, Route]], transports: Sequence[Any],
+                 static_dirs: Sequence[pathlib.Path | tuple[str, pathlib.Path]] = (), bridges: Any = None) -> None:
+        """``static_dirs``: directories served for what no route claims, each at ``/`` or under a
+        prefix (``(prefix, directory)``). ``bridges`` (a :class:`rendezvous.transports.bridges.Bridges`):
+        also carry channel routes over HTTP long-poll and exchange routes over channels, at the same paths."""
+        static = static_at(static_dirs)
         plain = [mounted(prefix, route) for prefix, route in routes]
         if bridges is not None:
             plain += bridges.derive(plain)
@@ -99,7 +118,7 @@ class App:
                 handler = transport.bind(route)
                 if handler is not None:
                     self._asgi[(transport.scope_type, id(route))] = handler
-        self._static = make_static_app(static_dirs) if static_dirs else None
+        self._static = make_static_app(static) if static else None
         self.max_message_size = max((getattr(r, "max_message_size", 0) for _, r in routes), default=64 * 1024)
 
     def resolve(self, kind: str, path: str) -> Route | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import socket
 import time
@@ -18,7 +19,6 @@ from rendezvous.config import Config, load_config
 from rendezvous.observe import logging as rlog
 from rendezvous.errors import ConfigError
 from rendezvous.observe.metrics import ProfileLabelled, healthz, metrics_handler, new_registry
-from rendezvous.backends import serving as backends
 from rendezvous.profile import ProfileContext
 from rendezvous.servers import ServeOptions
 from rendezvous.transports.base import ExchangeRoute
@@ -43,6 +43,10 @@ class RunningServer:
     urls: Mapping[str, str] = attrs.field(factory=dict)  # profile -> where it is served (listener URL + prefix)
     acme: Any = None  # the rendezvous.acme.AcmeManager, when acme_hostnames are set
     acme_http_url: str | None = None  # where the HTTP-01 challenge listener is
+    #: exactly what is bound, for the log (``http://[::]:8080``: every interface): ``http`` (the
+    #: main listener), ``webtransport``, ``acme_http``; and each profile's place
+    listening: Mapping[str, str] = attrs.field(factory=dict)
+    bound_urls: Mapping[str, str] = attrs.field(factory=dict)
 
     @property
     def ws_url(self) -> str:
@@ -50,24 +54,68 @@ class RunningServer:
 
 
 def bind_sockets(host: str, port: int) -> list[socket.socket]:
-    if host in ("::", "[::]"):
+    """A listening TCP socket where asked: ``::`` (or ``""``) every interface, IPv6 and IPv4 (IPv4 only
+    on a host without IPv6), ``0.0.0.0`` every IPv4 interface, an address, or a name's first address."""
+    return [_bind(host, port, socket.SOCK_STREAM)]
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A UDP socket bound as :func:`bind_sockets` binds TCP (the WebTransport listener's)."""
+    return _bind(host, port, socket.SOCK_DGRAM)
+
+
+def _bind(host: str, port: int, kind: int) -> socket.socket:
+    host = host.strip("[]")
+    if host in ("", "::"):
         try:
-            sock = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=4096)
-        except OSError:  # no IPv6 here (e.g. a network namespace without it): all IPv4 interfaces
-            sock = socket.create_server(("0.0.0.0", port), backlog=4096)
-    else:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host.strip("[]"), port), family=family, backlog=4096)
-    sock.setblocking(False)
-    return [sock]
+            return _bound(socket.AF_INET6, ("::", port), kind, dualstack=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                raise  # in use, say: not a reason to listen on IPv4 alone
+        host = "0.0.0.0"
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+    return _bound(family, address, kind)
 
 
-def _connectable(host: str) -> str:
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host in ("::", "[::]"):
-        return "[::1]"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+def _bound(family: int, address: Any, kind: int, dualstack: bool = False) -> socket.socket:
+    sock = socket.socket(family, kind)
+    try:
+        if dualstack:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(4096)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bound_address(sock: socket.socket) -> str:
+    """Where ``sock`` is bound, exactly: ``[::]:8080``, ``0.0.0.0:8080``, ``127.0.0.1:8080``."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _connectable(host: str, sock: socket.socket) -> str:
+    """A host to reach ``sock`` from here: loopback for a wildcard, the name if one was given."""
+    bound = sock.getsockname()[0]
+    if bound in ("0.0.0.0", "::"):
+        return "127.0.0.1" if bound == "0.0.0.0" else "[::1]"
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, host.strip("[]"))
+    except OSError:
+        return host  # a name (TLS certificates name it)
+    return f"[{bound}]" if ":" in bound else bound
+
+
+def listen_error(setting: str, what: str, address: str, exc: OSError, purpose: str = "") -> str:
+    """The line for a listener that cannot be bound: the setting, the address and the system's reason."""
+    reason = exc.strerror or str(exc)
+    return f"{setting}: cannot listen on {what} {address}{' for ' + purpose if purpose else ''}: {reason}"
 
 
 @attrs.define
@@ -77,11 +125,12 @@ class _Listener:
     port: int | None  # as mounted; None: the server's port
     profiles: list[str] = attrs.field(factory=list)
     routes: list[tuple[str, Any]] = attrs.field(factory=list)
-    static_dirs: list[Any] = attrs.field(factory=list)
+    static_dirs: list[tuple[str, Any]] = attrs.field(factory=list)  # (prefix, directory)
     default_port: int | None = None
     app: Any = None
     sockets: list[socket.socket] = attrs.field(factory=list)
-    url: str = ""
+    url: str = ""  # connectable (RunningServer.url)
+    bound: str = ""  # exactly what was bound, for the log
     done: Any = None
 
 
@@ -99,9 +148,23 @@ class _Apps:
         return None
 
 
+def _setting_naming(name: str, settings: Any, value: Any, several: bool) -> str:
+    """How to name the profile setting that holds ``value`` (``overlay.public (--overlay-public)``)."""
+    for field in attrs.fields(type(settings)):
+        if getattr(settings, field.name) == value:
+            flag = "--" + (f"{name}-" if several else "") + field.name.replace("_", "-")
+            return f"{name}.{field.name} ({flag})"
+    return f"{name}'s static directory"
+
+
 @contextlib.asynccontextmanager
 async def running(config: Config, *, clock: Callable[[], float] = time.monotonic) -> AsyncIterator[RunningServer]:
     """Start every configured profile and the HTTP server(s); stop them all on exit.
+
+    Everything that can fail on the operator's configuration fails before anything starts: the
+    profiles are created and their routes checked for collisions, then every socket (TCP
+    listeners, the WebTransport UDP listener, the ACME challenge listener) is bound; a failure is
+    a one-line :class:`ConfigError` naming the setting. Only then do the servers start.
 
     On exit, open channels are closed with 1001 (going away), the HTTP servers are asked to
     stop, and anything still running after the grace period is cancelled.
@@ -112,9 +175,6 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         # (IP addresses scrubbed) rather than structlog's unscrubbed ones.
         rlog.configure(unsafe_logging=settings.unsafe_logging, log_format=settings.log_format, level=settings.log_level)
     registry = new_registry()
-    # Where shared state lives (memory, or redis for a cluster): made and checked against the
-    # profiles before anything starts, run before the profiles, stopped after them.
-    backend = backends.for_server(settings, {name: plugins.load_profile(name) for name in config.profiles})
     transports = [ep.load()() for ep in plugins.available(plugins.TRANSPORTS).values()]
     runtimes: dict[str, Any] = {}
     late: dict[str, Any] = {}  # what starts after the profiles are created
@@ -123,6 +183,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
     shared = _Listener(None)
     own: dict[int, _Listener] = {}
     listener_of: dict[str, _Listener] = {}
+    static_of: dict[Any, str] = {}  # static directory -> the setting that names it
     for name, profile_settings in config.profiles.items():
         profile = plugins.load_profile(name)
         port, prefix = mounts.get(name, (None, ""))
@@ -135,49 +196,57 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         if several:
             registry.register(ProfileLabelled(name, profile_registry))
         context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}"), clock,
-                                 lambda: late.get("webtransport"), backend)
+                                 lambda: late.get("webtransport"))
         runtime = profile.create(context)
         runtimes[name] = runtime
         listener.routes.extend((prefix, route) for route in runtime.routes)
         if runtime.static_dir is not None:
-            listener.static_dirs.append(runtime.static_dir)
+            listener.static_dirs.append((prefix, runtime.static_dir))
+            static_of[runtime.static_dir] = _setting_naming(name, profile_settings, runtime.static_dir, several)
     listeners = ([shared] if shared.profiles or not own else []) + list(own.values())
     main = listeners[0]
     if settings.metrics_path:
         main.routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
     if settings.healthz_path:
         main.routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
-    if settings.readyz_path:
-        main.routes.append(("", ExchangeRoute(settings.readyz_path, backends.readyz(backend), frozenset({"GET", "HEAD"}))))
+    for listener in listeners:
+        bridges = Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None
+        try:
+            listener.app = App(listener.routes, transports, listener.static_dirs, bridges)
+        except DuplicateRoute as exc:
+            prefixes = [prefix for prefix, _ in listener.static_dirs]
+            claimed = " and ".join(static_of[d] for prefix, d in listener.static_dirs if prefixes.count(prefix) > 1)
+            raise ConfigError(f"{exc}{' (' + claimed + ')' if claimed else ''}: serve the profiles under different "
+                              "prefixes or ports (--mount NAME=/prefix or NAME=:PORT)") from None
     scheme = "https" if settings.cert or settings.acme_hostnames else "http"
-    acme, acme_sockets = None, []
+    acme, acme_sockets, wt_socket, webtransport = None, [], None, None
     try:
         for listener in listeners:
-            bridges = Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None
-            try:
-                listener.app = App(listener.routes, transports, listener.static_dirs, bridges)
-            except DuplicateRoute as exc:
-                raise ConfigError(f"{exc}: serve the profiles under different prefixes or ports "
-                                  "(--mount NAME=/prefix or NAME=:PORT)") from None
-            port = listener.port if listener.port is not None else (
-                settings.port if settings.port is not None else (listener.default_port or 8000))
-            try:
-                listener.sockets = bind_sockets(settings.host, port)
-            except OSError as exc:
-                raise ConfigError(f"cannot listen on {settings.host}:{port}: {exc.strerror}") from None
-            listener.url = f"{scheme}://{_connectable(settings.host)}:{listener.sockets[0].getsockname()[1]}"
-            listener.done = anyio.Event()
+            _bind_listener(listener, config, scheme)
         if settings.acme_hostnames:
-            acme, acme_sockets = _acme(settings, main.sockets[0].getsockname()[1])
+            acme_host, acme_sockets = _bind_acme(config)
+        if settings.webtransport_port is not None:
+            wt_host = settings.webtransport_host if settings.webtransport_host is not None else settings.host
+            try:
+                wt_socket = bind_udp(wt_host, settings.webtransport_port)
+            except OSError as exc:
+                line = listen_error(config.source("webtransport_port"), "UDP", _address(wt_host, settings.webtransport_port),
+                                    exc, "WebTransport")
+                if exc.errno == errno.EADDRINUSE:
+                    line += " (give it another port, or '' for no WebTransport)"
+                raise ConfigError(line) from None
+        # Nothing has started yet, and nothing is logged before this point but what profiles log when created.
+        if acme_sockets:
+            acme = _acme(settings)
         http_server = plugins.load(plugins.SERVERS, settings.http_server)
         shutdown = anyio.Event()
         apps = [listener.app for listener in listeners]
-        webtransport, webtransport_url, rotation = None, None, None
-        if settings.webtransport_port is not None:
+        webtransport, webtransport_url, webtransport_bound, rotation = None, None, None, None
+        if wt_socket is not None:
             webtransport, rotation = _webtransport(_Apps(apps), settings)
-            wt_host = settings.host if settings.host not in ("0.0.0.0", "") else "::"
-            wt_port = await webtransport.start(wt_host, settings.webtransport_port)
-            webtransport_url = f"https://{_connectable(settings.host)}:{wt_port}"
+            wt_port = await webtransport.start(sock=wt_socket)
+            webtransport_url = f"https://{_connectable(wt_host, wt_socket)}:{wt_port}"
+            webtransport_bound = f"https://{bound_address(wt_socket)}"
             late["webtransport"] = webtransport
 
         async def run_http(listener: _Listener) -> None:
@@ -195,8 +264,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 listener.done.set()
 
         urls = {name: listener_of[name].url + mounts.get(name, (None, ""))[1] for name in runtimes}
-        async with backends.one_error(), anyio.create_task_group() as tg:
-            await tg.start(backends.run, backend)
+        bound = {name: listener_of[name].bound + mounts.get(name, (None, ""))[1] for name in runtimes}
+        async with anyio.create_task_group() as tg:
             for runtime in runtimes.values():
                 tg.start_soon(runtime.run)
             for listener in listeners:
@@ -211,11 +280,13 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 tg.start_soon(challenge.serve, acme_sockets, lambda method, target, host: challenge.answer(
                     method, target, host, acme.tokens, acme.hostnames, https_port))
                 tg.start_soon(acme.run)
-                acme_port = acme_sockets[0].getsockname()[1]
-                acme_http_url = f"http://{_connectable(acme_sockets[0].getsockname()[0])}:{acme_port}"
+                acme_http_url = f"http://{_connectable(acme_host, acme_sockets[0])}:{acme_sockets[0].getsockname()[1]}"
+            listening = {"http": main.bound, "webtransport": webtransport_bound,
+                         "acme_http": f"http://{bound_address(acme_sockets[0])}" if acme_sockets else None}
             try:
                 yield RunningServer(main.url, settings.host, main.sockets[0].getsockname()[1], config, runtimes, registry,
-                                    webtransport, webtransport_url, main.app, urls, acme, acme_http_url)
+                                    webtransport, webtransport_url, main.app, urls, acme, acme_http_url,
+                                    {k: v for k, v in listening.items() if v is not None}, bound)
             finally:
                 with anyio.CancelScope(shield=True):
                     for runtime in runtimes.values():
@@ -236,21 +307,53 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
     finally:
         for sock in [*acme_sockets, *(s for listener in listeners for s in listener.sockets)]:
             sock.close()
+        if wt_socket is not None and (webtransport is None or webtransport.port is None):
+            wt_socket.close()  # else closed with the listener
 
 
-def _acme(settings: Any, https_port: int) -> tuple[Any, list[socket.socket]]:
-    """The ACME manager (serving the cached certificate, if any) and the bound HTTP-01 listener."""
-    from rendezvous.acme import AcmeManager
+def _address(host: str, port: int) -> str:
+    host = host.strip("[]") or "::"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_listener(listener: _Listener, config: Config, scheme: str) -> None:
+    settings = config.server
+    if listener.port is not None:
+        port, setting = listener.port, f"server.mount (from {config.sources.get('mount', 'default')})"
+    elif settings.port is not None:
+        port, setting = settings.port, config.source("port")
+    else:
+        port = listener.default_port or 8000
+        setting = f"server.port (from {listener.profiles[0]}'s default port)" if listener.default_port else config.source("port")
+    try:
+        listener.sockets = bind_sockets(settings.host, port)
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            setting = config.source("host")  # the address is the problem, not the port
+        raise ConfigError(listen_error(setting, "TCP", _address(settings.host, port), exc)) from None
+    listener.url = f"{scheme}://{_connectable(settings.host, listener.sockets[0])}:{listener.sockets[0].getsockname()[1]}"
+    listener.bound = f"{scheme}://{bound_address(listener.sockets[0])}"
+    listener.done = anyio.Event()
+
+
+def _bind_acme(config: Config) -> tuple[str, list[socket.socket]]:
     from rendezvous.acme.policy import parse_listen_address
 
-    host, port = parse_listen_address(settings.acme_http_addr)
+    host, port = parse_listen_address(config.server.acme_http_addr)
     try:
-        sockets = bind_sockets(host or "::", port)
+        return host or "::", bind_sockets(host or "::", port)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {settings.acme_http_addr} for ACME HTTP-01 challenges: {exc.strerror}") from None
+        raise ConfigError(listen_error(config.source("acme_http_addr"), "TCP", _address(host, port), exc,
+                                       "ACME HTTP-01 challenges")) from None
+
+
+def _acme(settings: Any) -> Any:
+    """The ACME manager, serving the cached certificate if there is one."""
+    from rendezvous.acme import AcmeManager
+
     manager = AcmeManager.from_settings(settings, rlog.get_logger("rendezvous.acme"))
     manager.load_cached()
-    return manager, sockets
+    return manager
 
 
 async def _first_of(wanted: anyio.Event, other: anyio.Event) -> bool:
@@ -296,18 +399,20 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
     """Serve until SIGINT or SIGTERM, then shut down gracefully."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with running(config) as server:
-            log.info("serving", url=server.url, profiles=list(config.profiles), http_server=config.server.http_server)
+            # What was bound, exactly: http://[::]:8080 is every interface (IPv6 and IPv4), not loopback.
+            log.info("serving", url=server.listening["http"], profiles=list(config.profiles),
+                     http_server=config.server.http_server)
             if server.acme is not None:
-                log.info("acme", hostnames=list(server.acme.hostnames), listen=server.acme_http_url,
+                log.info("acme", hostnames=list(server.acme.hostnames), listen=server.listening["acme_http"],
                          directory=server.acme.directory_url, cache=str(server.acme.cache.directory),
                          https="serving" if server.acme.ready.is_set() else "waiting for the first certificate")
             if server.webtransport is not None:
-                log.info("webtransport", url=server.webtransport_url, sha256=server.webtransport.certificate.sha256,
+                log.info("webtransport", url=server.listening["webtransport"], sha256=server.webtransport.certificate.sha256,
                          ephemeral=server.webtransport.certificate.ephemeral)
             for name, runtime in server.runtimes.items():
                 describe = getattr(runtime, "describe", None)
                 if describe is not None:
-                    for event, fields in describe(server.urls.get(name, server.url)):
+                    for event, fields in describe(server.bound_urls[name]):
                         log.info(event, profile=name, **fields)
             if ready is not None:
                 ready(server)

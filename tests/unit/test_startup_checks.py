@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import pathlib
+import socket
 
 import attrs
 import pytest
 
 from rendezvous import plugins
+from rendezvous.app import DuplicateRoute, static_at
 from rendezvous.cli import shared_flag_problem
 from rendezvous.config import load_config, profile_server_defaults
 from rendezvous.errors import ConfigError
+from rendezvous.server import bind_sockets, bound_address, listen_error
 from rendezvous.settings import APPENDED, CERTIFICATE, NOT_A_FILE, PRIVATE_KEY, append_problem, check_files, fields_of, \
     file_kind, setting
 from rendezvous.testing.tls import self_signed_certificate
@@ -119,3 +123,35 @@ def test_profiles_server_defaults():
     c = load_config(["overlay", "snowflake"], environ={},
                     profile_overrides={"snowflake": {"addr": (":8080", "command line"), "disable_tls": (True, "command line")}})
     assert (c.server.host, c.server.port, c.sources["host"]) == ("::", 8080, "snowflake.addr")
+
+
+def test_listen_error_line():
+    exc = OSError(errno.EADDRINUSE, "Address already in use")
+    assert listen_error("server.port (from command line)", "TCP", "127.0.0.1:80", exc) == (
+        "server.port (from command line): cannot listen on TCP 127.0.0.1:80: Address already in use")
+    assert listen_error("s", "UDP", "[::]:4443", exc, "WebTransport") == (
+        "s: cannot listen on UDP [::]:4443 for WebTransport: Address already in use")
+
+
+def test_every_interface_means_both_and_a_clash_is_not_papered_over():
+    [sock] = bind_sockets("::", 0)
+    with sock:
+        assert bound_address(sock) == f"[::]:{sock.getsockname()[1]}"
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    with socket.socket(socket.AF_INET6) as v6only:  # IPv6 taken, IPv4 free: no silent IPv4-only listener
+        v6only.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6only.bind(("::", 0))
+        v6only.listen()
+        with pytest.raises(OSError) as info:
+            bind_sockets("::", v6only.getsockname()[1])
+        assert info.value.errno == errno.EADDRINUSE
+    [sock] = bind_sockets("localhost", 0)
+    with sock:
+        assert bound_address(sock).startswith(("127.0.0.1:", "[::1]:"))  # the name's first address
+
+
+def test_two_static_directories_at_one_prefix():
+    a, b = pathlib.Path("/a"), pathlib.Path("/b")
+    assert static_at([a, ("/x/", b)]) == [("", a), ("/x", b)]
+    with pytest.raises(DuplicateRoute, match="two static directories claim /x/: /a and /b"):
+        static_at([("/x", a), ("/x", b)])

@@ -7,10 +7,12 @@ and stops it with it. Each QUIC connection it accepts is an :class:`H3Protocol`.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import anyio
 from aioquic.asyncio import serve
+from aioquic.asyncio.server import QuicServer
 from aioquic.h3.connection import H3_ALPN
 from aioquic.quic.configuration import QuicConfiguration
 
@@ -50,9 +52,15 @@ class WebTransportTransport:
         """One accepted QUIC connection (aioquic calls this with the ``QuicConnection``)."""
         return H3Protocol(*args, transport=self, **kwargs)
 
-    async def start(self, host: str, port: int) -> int:
-        self._server = await serve(host, port, configuration=server_configuration(self.certificate),
-                                   create_protocol=self.create_protocol)
+    async def start(self, host: str | None = None, port: int | None = None, *, sock: socket.socket | None = None) -> int:
+        """Serve on ``sock``, a UDP socket already bound (the server binds every socket before it
+        starts anything, so that a port in use is a configuration error), or bind ``host``/``port``."""
+        configuration = server_configuration(self.certificate)
+        if sock is None:
+            self._server = await serve(host, port, configuration=configuration, create_protocol=self.create_protocol)
+        else:
+            _, self._server = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: QuicServer(configuration=configuration, create_protocol=self.create_protocol), sock=sock)
         self.port = compat.listening_port(self._server)
         return self.port
 
