@@ -10,9 +10,12 @@ import ipaddress
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 import structlog
+
+from rendezvous.core.limits import KeyedRateLimiter
 
 SCRUBBED = "[scrubbed]"
 
@@ -54,6 +57,29 @@ def scrub_processor(logger: Any, method: str, event: dict[str, Any]) -> dict[str
     return {k: v if k in SERVER_ADDRESS_KEYS else _scrub_value(v) for k, v in event.items()}
 
 
+class RateLimit:
+    """A structlog processor: each event (by its name) at most ``rate`` lines a second, in bursts
+    of ``burst``; the lines a flood suppresses are counted, and the next line of that event
+    carries ``suppressed=N``. So no flood of bad input can fill the disk, and none goes unseen.
+    """
+
+    def __init__(self, rate: float = 10.0, burst: float = 50.0, clock: Any = time.monotonic) -> None:
+        self.limiter = KeyedRateLimiter(rate, burst, max_keys=4096)
+        self.suppressed: dict[str, int] = {}
+        self.clock = clock
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        key = str(event.get("event", ""))
+        if not self.limiter.allow(key, self.clock()):
+            if len(self.suppressed) < 4096 or key in self.suppressed:
+                self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            raise structlog.DropEvent
+        missed = self.suppressed.pop(key, 0)
+        if missed:
+            event["suppressed"] = missed
+        return event
+
+
 def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: str = "info", stream: Any = None) -> None:
     """Configure structlog (and the stdlib loggers that hypercorn/uvicorn use) once."""
     stream = stream or sys.stderr
@@ -63,6 +89,7 @@ def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: 
         structlog.dev.ConsoleRenderer(colors=False) if log_format == "console" else structlog.processors.JSONRenderer()
     )
     processors: list[Any] = [
+        RateLimit(),
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -86,7 +113,7 @@ def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: 
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *processors[1:]],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *processors[2:]],
             foreign_pre_chain=[structlog.stdlib.add_log_level],
         )
     )

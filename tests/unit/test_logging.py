@@ -69,3 +69,24 @@ def test_unsafe_logging_keeps_addresses_in_tracebacks(configure):
     stream = configure("json", unsafe_logging=True)
     log_two_exceptions()
     assert "peer 198.51.100.7 went away" in stream.getvalue()
+
+
+def test_a_flood_of_one_event_is_rate_limited_and_counted():
+    import structlog
+
+    from rendezvous.observe.logging import RateLimit
+
+    now = [0.0]
+    limit = RateLimit(rate=10, burst=5, clock=lambda: now[0])
+    kept = []
+    for _ in range(100):
+        try:
+            kept.append(limit(None, "info", {"event": "bad frame"}))
+        except structlog.DropEvent:
+            pass
+    assert len(kept) == 5  # the burst
+    assert limit(None, "info", {"event": "other event"}) == {"event": "other event"}  # per event name
+    now[0] += 1.0
+    line = limit(None, "info", {"event": "bad frame"})
+    assert line["suppressed"] == 95  # what the flood hid is reported on the next line
+    assert "suppressed" not in limit(None, "info", {"event": "bad frame"})
