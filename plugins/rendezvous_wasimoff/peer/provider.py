@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Any
+import time
+from typing import Any, Callable
 
 import anyio
 import anyio.to_thread
@@ -19,7 +20,8 @@ USER_AGENT = "rendezvous-wasimoff-provider/0.1"
 
 
 class Provider:
-    def __init__(self, broker: str, *, name: str | None = None, workers: int = 2, json: bool = False) -> None:
+    def __init__(self, broker: str, *, name: str | None = None, workers: int = 2, json: bool = False,
+                 report: Callable[[str], None] | None = None) -> None:
         self.broker = broker.rstrip("/")
         self.name = name or "py-" + secrets.token_hex(4)
         self.workers = workers
@@ -28,6 +30,9 @@ class Provider:
         self.slots = [WasmSlot() for _ in range(workers)]
         self.cluster_size = 0
         self.tasks_run = 0
+        self.tasks_failed = 0
+        #: where progress lines go (the CLI prints them; embedded use is quiet)
+        self.report = report or (lambda line: None)
         self._seq = 0
         self._ws: Any = None
         self._codec = Codec(self.subprotocol)
@@ -42,6 +47,7 @@ class Provider:
         async with connect(self.ws_url, subprotocols=[SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON] if self.subprotocol == SUBPROTOCOL_PROTOBUF else [SUBPROTOCOL_JSON],
                            user_agent_header=USER_AGENT, max_size=None, ping_interval=None) as ws:
             self._ws = ws
+            self.report(f"connected to {self.broker} as {self.name}: {self.workers} slots, {ws.subprotocol}")
             async with anyio.create_task_group() as tg:
                 await self._event(schema.ProviderResources(concurrency=self.workers, tasks=0))
                 task_status.started(self)
@@ -54,6 +60,12 @@ class Provider:
                         if isinstance(payload, schema.ClusterInfo):
                             self.cluster_size = payload.providers
                 tg.cancel_scope.cancel()
+
+    def progress(self) -> str:
+        """One line on what this provider has done so far."""
+        busy = sum(1 for slot in self.slots if slot.task_id is not None)
+        return (f"{self.tasks_run} tasks done ({self.tasks_failed} failed), {busy}/{self.workers} slots busy, "
+                f"{self.cluster_size} providers in the cluster")
 
     async def _send(self, envelope: Any) -> None:
         await self._ws.send(self._codec.encode(envelope))
@@ -126,6 +138,7 @@ class Provider:
             await self._respond(sequence, error="no idle workers")
             return
         slot.task_id, slot.cancelled = request.info.id, False
+        started = time.monotonic()
         try:
             params = request.params
             try:
@@ -150,6 +163,12 @@ class Provider:
                     response.ok.artifacts.blob = artifacts
                     response.ok.artifacts.media = "application/zip"
             self.tasks_run += 1
+            took = f"{(time.monotonic() - started) * 1000:.0f} ms"
+            if response.error:
+                self.tasks_failed += 1
+                self.report(f"task {request.info.id} {args[0]}: {response.error.splitlines()[0][:120]} ({took})")
+            else:
+                self.report(f"task {request.info.id} {args[0]}: exit {response.ok.status} in {took}")
             await self._respond(sequence, response)
         finally:
             slot.task_id = None
