@@ -1,4 +1,4 @@
-"""nox sessions: tests (everything), unit, interop (real peers), bench."""
+"""nox sessions: tests (everything), unit, interop (real peers), bench, lint (ruff), typing (mypy)."""
 
 import nox
 
@@ -29,3 +29,15 @@ def interop(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "bench/overlay.py", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "rendezvous", "plugins", *session.posargs)
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run("mypy", *session.posargs)  # files and options: [tool.mypy] in pyproject.toml

@@ -25,7 +25,8 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 SURROGATE = re.compile("[\ud800-\udfff]")

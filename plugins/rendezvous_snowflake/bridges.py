@@ -70,12 +70,12 @@ class NameMatcher:
     exact: bool
 
     @classmethod
-    def parse(cls, pattern: str) -> "NameMatcher":
+    def parse(cls, pattern: str) -> NameMatcher:
         rule = pattern[:-1] if pattern.endswith("$") else pattern
         exact = rule.startswith("^")
         return cls(rule[1:] if exact else rule, exact)
 
-    def is_superset_of(self, other: "NameMatcher") -> bool:
+    def is_superset_of(self, other: NameMatcher) -> bool:
         if self.exact:
             return other.exact and self.rule == other.rule
         return other.rule.endswith(self.rule)

@@ -17,7 +17,7 @@ class GeoIP:
         self._v6: tuple[list[int], list[int], list[str]] = ([], [], [])
 
     @classmethod
-    def load(cls, v4_path: pathlib.Path, v6_path: pathlib.Path) -> "GeoIP":
+    def load(cls, v4_path: pathlib.Path, v6_path: pathlib.Path) -> GeoIP:
         geo = cls()
         geo._v4 = _load(v4_path, v6=False)
         geo._v6 = _load(v6_path, v6=True)

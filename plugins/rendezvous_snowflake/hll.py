@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 P = 18
 P_SPARSE = 25
@@ -135,7 +135,7 @@ class HyperLogLogPlus:
         self.entries = []
         self.encoded_size = 0
 
-    def merge(self, other: "HyperLogLogPlus") -> None:
+    def merge(self, other: HyperLogLogPlus) -> None:
         """Fold ``other`` in, as the library's ``Merge`` (upstream's reader sums chunks so)."""
         if self.sparse and other.sparse:
             self.pending.update(other.pending)
@@ -195,7 +195,7 @@ class HyperLogLogPlus:
         return bytes(out)
 
     @classmethod
-    def from_gob(cls, data: bytes) -> "HyperLogLogPlus":
+    def from_gob(cls, data: bytes) -> HyperLogLogPlus:
         reader = _GobReader(data)
         registers = reader.value(_BYTES, reader.bytes)
         m = reader.value(_UINT, reader.uint)

@@ -22,7 +22,8 @@ import json
 import os
 import secrets
 import time
-from typing import IO, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import IO
 
 from rendezvous_snowflake.hll import HyperLogLogPlus
 
@@ -93,13 +94,13 @@ class IPCountLog:
         self.last_write = clock()
 
     @classmethod
-    def per_pool(cls, prefix: str, interval: float) -> "IPCountLog":
+    def per_pool(cls, prefix: str, interval: float) -> IPCountLog:
         """HEAD's ``--ip-count-prefix``: a file per pool named by the start time, a random key."""
         files = {}
         for pool in ("restricted", "unrestricted"):
             path = f"{prefix}-{pool}-{go_time(time.time_ns(), fraction=False)}.log"
             try:
-                files[pool] = open(path, "w", encoding="ascii")
+                files[pool] = open(path, "w", encoding="ascii")  # noqa: SIM115 -- held until close()
             except OSError as exc:
                 for f in files.values():
                     f.close()
@@ -107,10 +108,10 @@ class IPCountLog:
         return cls(files, secrets.token_bytes(32), interval)
 
     @classmethod
-    def single(cls, path: str, mask: str, interval: float) -> "IPCountLog":
+    def single(cls, path: str, mask: str, interval: float) -> IPCountLog:
         """v2.5.1's ``--ip-count-log``/``--ip-count-mask``: one file appended to, the key given."""
         try:
-            f = open(path, "a", encoding="ascii")
+            f = open(path, "a", encoding="ascii")  # noqa: SIM115 -- held until close()
         except OSError as exc:
             raise OSError(f"cannot open {path}: {exc.strerror}") from None
         return cls({"all": f}, mask.encode(), interval)

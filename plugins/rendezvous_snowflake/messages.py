@@ -78,10 +78,7 @@ def decode_object(data: bytes | str, schema: dict[str, type], struct: str) -> di
                 out.pop(name, None)
             continue
         want = str if schema[name] is type(None) else schema[name]
-        if want is int:
-            ok = _is_int64(item)
-        else:
-            ok = isinstance(item, want)
+        ok = _is_int64(item) if want is int else isinstance(item, want)
         if ok:
             out[name] = item
         elif error is None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections import Counter as Tally
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
@@ -108,7 +109,7 @@ class Descriptor:
         return part
 
     @classmethod
-    def merged(cls, parts: Sequence[dict[str, Any]]) -> "Descriptor":
+    def merged(cls, parts: Sequence[dict[str, Any]]) -> Descriptor:
         """The cluster's counts: the nodes' :meth:`export` parts summed (unique addresses once)."""
         merged = cls()
         for part in parts:

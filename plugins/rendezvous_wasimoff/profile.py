@@ -4,7 +4,8 @@ the runtime it creates (:mod:`rendezvous_wasimoff.runtime`)."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rendezvous.errors import ConfigError
 from rendezvous.profile import ProfileContext
@@ -46,5 +47,5 @@ class WasimoffProfile:
         if settings.benchmode:
             raise ConfigError("WASIMOFF_BENCHMODE: not supported yet (bench/wasimoff.py generates load instead)")
 
-    def create(self, context: ProfileContext) -> "WasimoffRuntime":
+    def create(self, context: ProfileContext) -> WasimoffRuntime:
         return WasimoffRuntime(context)

@@ -36,7 +36,7 @@ class GenAExec:
 class TaskHandle:
     """One client request while it is queued, running or retried: the dispatcher's party for it."""
 
-    __slots__ = ("id", "request", "kind", "needs", "gen_a", "event", "result", "error", "started", "attempts")
+    __slots__ = ("attempts", "error", "event", "gen_a", "id", "kind", "needs", "request", "result", "started")
 
     def __init__(self, task_id: str, request: Message, kind: str, needs: frozenset[str],
                  gen_a: GenAExec | None = None) -> None:

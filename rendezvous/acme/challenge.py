@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.parse
-from typing import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import anyio
 import attrs

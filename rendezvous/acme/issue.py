@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime
 import os
 import re
-from typing import Any, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
+from typing import Any
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 ORDER_DEADLINE = datetime.timedelta(seconds=90)

@@ -11,11 +11,13 @@ reason and retried with backoff; the certificate on hand keeps being served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import pathlib
 import ssl
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -28,7 +30,7 @@ LONGEST_SLEEP = 3600.0  # re-check at least hourly (suspend, clock changes)
 
 
 def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 class AcmeManager:
@@ -48,7 +50,7 @@ class AcmeManager:
         self.issued = 0  # certificates obtained from the CA by this process
 
     @classmethod
-    def from_settings(cls, settings: Any, log: Any) -> "AcmeManager":
+    def from_settings(cls, settings: Any, log: Any) -> AcmeManager:
         hostnames = tuple(dict.fromkeys(check_hostname(name) for name in settings.acme_hostnames))
         return cls(hostnames, settings.acme_email, settings.acme_cert_cache, settings.acme_directory_url,
                    log)
@@ -138,10 +140,8 @@ async def _in_daemon_thread(func: Callable[[], Any]) -> Any:
             result = func()
         except BaseException as exc:  # handed to the awaiting task
             error = exc
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
             loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:
-            pass  # the loop is gone: nobody waits any more
 
     threading.Thread(target=target, name="acme", daemon=True).start()
     return await future

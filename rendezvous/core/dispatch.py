@@ -20,7 +20,7 @@ import enum
 import heapq
 import itertools
 import math
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
 import attrs
 
@@ -59,7 +59,7 @@ class _Worker:
     def free(self) -> bool:
         return len(self.running) < self.capacity
 
-    def can_take(self, t: "_Task") -> bool:
+    def can_take(self, t: _Task) -> bool:
         """A free slot and every capability ``t`` requires."""
         return self.free and (self.provides is None or t.requires <= self.provides)
 

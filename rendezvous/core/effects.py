@@ -6,7 +6,7 @@ connection object). A matcher never looks inside them.
 
 from __future__ import annotations
 
-from typing import Hashable, Union
+from collections.abc import Hashable
 
 import attrs
 
@@ -76,4 +76,4 @@ class Answered:
     latency: float
 
 
-Effect = Union[Deliver, Keepalive, Close, Dropped, Answered, Expired, Revoke, Failed]
+Effect = Deliver | Keepalive | Close | Dropped | Answered | Expired | Revoke | Failed

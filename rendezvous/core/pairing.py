@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import attrs
 
 from rendezvous.core.effects import Deliver, Dropped, Effect, Expired
-
 
 WAITING, MATCHED, DONE = "waiting", "matched", "done"
 
@@ -39,7 +38,7 @@ def _compact(heap: list, live: int, is_live: Callable[[tuple], bool]) -> None:
 
 @attrs.define(eq=False)
 class _Pool:
-    heap: list[tuple[float, int, "_Waiter"]] = attrs.field(factory=list)  # (order, seq, waiter)
+    heap: list[tuple[float, int, _Waiter]] = attrs.field(factory=list)  # (order, seq, waiter)
     live: int = 0  # entries whose waiter is still waiting; the rest are stale
 
     def left(self) -> None:
@@ -48,7 +47,7 @@ class _Pool:
         _compact(self.heap, self.live, _in_pool)
 
 
-def _in_pool(entry: tuple[float, int, "_Waiter"]) -> bool:
+def _in_pool(entry: tuple[float, int, _Waiter]) -> bool:
     return entry[2].state == WAITING
 
 

@@ -11,7 +11,6 @@ from prometheus_client.registry import Collector
 
 from rendezvous.transports.base import HttpRequest, HttpResponse
 
-
 # The originals export no *_created series; neither do we.
 disable_created_metrics()
 

@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httptools

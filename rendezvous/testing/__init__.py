@@ -17,8 +17,8 @@ from rendezvous.testing.clock import FakeClock, wait_until
 from rendezvous.testing.http import HttpReply, LongPoll, http_call
 from rendezvous.testing.server import serve
 from rendezvous.testing.tls import self_signed_certificate
-from rendezvous.testing.webtransport import WebTransportClient, WebTransportSessionClient, h3_call, wt_connect
 from rendezvous.testing.websocket import assert_silent, closed_code, recv_frame, recv_json, ws_connect, ws_exchange
+from rendezvous.testing.webtransport import WebTransportClient, WebTransportSessionClient, h3_call, wt_connect
 
 __all__ = [
     "FakeClock", "HttpReply", "LongPoll", "WebTransportClient", "WebTransportSessionClient", "assert_silent",

@@ -24,5 +24,5 @@ class FakeClock:
 async def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> None:
     """Poll ``predicate()`` until it is true; ``TimeoutError`` after ``timeout`` seconds."""
     with anyio.fail_after(timeout):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 -- polls an arbitrary predicate: no event to wait on
             await anyio.sleep(interval)

@@ -10,7 +10,9 @@ server side (already accepted), ``client`` a :class:`Peer`.
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncContextManager, Callable, Protocol
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import anyio
 
@@ -27,7 +29,7 @@ class Peer(Protocol):
         """Wait until the server closed; the code it sent (None where the transport has none)."""
 
 
-OpenPair = Callable[[], AsyncContextManager[tuple[Any, Peer]]]
+OpenPair = Callable[[], AbstractAsyncContextManager[tuple[Any, Peer]]]
 
 
 class WebSocketPeer:

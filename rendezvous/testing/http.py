@@ -4,13 +4,14 @@ channel over the HTTP long-poll bridge."""
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import anyio
 
 
 class HttpReply:
-    __slots__ = ("status", "headers", "content")
+    __slots__ = ("content", "headers", "status")
 
     def __init__(self, status: int, headers: dict[str, str], content: bytes) -> None:
         self.status = status
@@ -83,7 +84,7 @@ class LongPoll:
         self.close_code: int | None = None
 
     @classmethod
-    async def open(cls, url: str, headers: Mapping[str, str] | None = None) -> "LongPoll":
+    async def open(cls, url: str, headers: Mapping[str, str] | None = None) -> LongPoll:
         reply = await http_call(url, "POST", b"", headers)
         if reply.status != 200:
             raise ConnectionError(f"long-poll open refused: {reply.status} {reply.content!r}")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import anyio
@@ -99,7 +100,7 @@ async def h3_call(url: str, method: str = "GET", body: bytes = b"", headers: Map
 class _SessionProtocol(QuicConnectionProtocol):
     """The client's QUIC connection, reporting to its :class:`WebTransportSessionClient`."""
 
-    client: "WebTransportSessionClient"
+    client: WebTransportSessionClient
 
     def __init__(self, quic: QuicConnection, *args: Any, **kwargs: Any) -> None:
         super().__init__(quic, *args, **kwargs)
@@ -121,9 +122,11 @@ class _SessionProtocol(QuicConnectionProtocol):
             elif isinstance(h3_event, DataReceived) and h3_event.stream_id == client.session_id:
                 client._session_data(h3_event.data, h3_event.stream_ended)
         # A server stream that so far carried only its prefix (aioquic reports none).
-        if isinstance(event, StreamDataReceived):
-            if self.peer_streams.feed(event.stream_id, event.data, event.end_stream) == client.session_id:
-                client._stream_data(event.stream_id, b"", False)
+        if (
+            isinstance(event, StreamDataReceived)
+            and self.peer_streams.feed(event.stream_id, event.data, event.end_stream) == client.session_id
+        ):
+            client._stream_data(event.stream_id, b"", False)
 
 
 class WebTransportSessionClient:
@@ -146,7 +149,7 @@ class WebTransportSessionClient:
         self.certificate_sha256: str | None = None
         self.session_id: int | None = None
 
-    async def __aenter__(self) -> "WebTransportSessionClient":
+    async def __aenter__(self) -> Self:
         parts = urlsplit(self.url)
         self._streams: dict[int, asyncio.Queue[bytes]] = {}
         self._incoming: asyncio.Queue[int] = asyncio.Queue()
@@ -246,7 +249,7 @@ class WebTransportSessionClient:
             await self._closed.wait()
         return self.close_code
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self._cm.__aexit__(*exc)
 
 
@@ -256,7 +259,7 @@ class WebTransportClient(WebTransportSessionClient):
     ``async with wt_connect(url) as wt: await wt.send("x"); await wt.recv()``.
     """
 
-    async def __aenter__(self) -> "WebTransportClient":
+    async def __aenter__(self) -> Self:
         await super().__aenter__()
         self.stream_id = self.open_stream()
         self._reader = MessageReader(max_size=2**32)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import attrs
 
@@ -38,7 +39,7 @@ class Inbox:
     protocol side ``put``s messages and ``close``s; the channel side awaits ``get``.
     """
 
-    __slots__ = ("messages", "closed", "code", "reason", "_waiter")
+    __slots__ = ("_waiter", "closed", "code", "messages", "reason")
 
     def __init__(self) -> None:
         self.messages: collections.deque[str | bytes] = collections.deque()
@@ -146,7 +147,7 @@ class HttpResponse:
     headers: Sequence[tuple[str, str]] = ()
 
     @classmethod
-    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> "HttpResponse":
+    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> HttpResponse:
         return cls(status, text.encode(), (("content-type", content_type),))
 
 

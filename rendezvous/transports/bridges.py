@@ -39,16 +39,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import math
 import secrets
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
 
 from rendezvous import gojson
 from rendezvous.transports.base import (
+    METHOD_NOT_ALLOWED,
     ChannelClosed,
     ChannelRoute,
     ConnectionInfo,
@@ -56,7 +59,6 @@ from rendezvous.transports.base import (
     HttpRequest,
     HttpResponse,
     Inbox,
-    METHOD_NOT_ALLOWED,
     Route,
     SendTimeout,
 )
@@ -151,7 +153,7 @@ class LongPollChannel:
             self._space.clear()
             try:
                 await asyncio.wait_for(self._space.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise SendTimeout() from None
             self._inbox.raise_if_closed()
         self._outbox.put(message)
@@ -174,7 +176,7 @@ class LongPollChannel:
         self.polling += 1
         try:
             message = await asyncio.wait_for(outbox.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return HttpResponse(204)
         except ChannelClosed as closed:
             return _closed(closed.code, closed.reason)
@@ -293,7 +295,7 @@ class Bridges:
             self._spawn(self._sweep())
         try:
             return await asyncio.wait_for(asyncio.shield(channel.decided), self.decide_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             channel._close(1011, "not accepted in time")
             return HttpResponse.text(504, "the session was neither accepted nor refused in time\n")
 
@@ -382,10 +384,8 @@ async def _reply(channel: Any, request_id: Any, response: HttpResponse) -> None:
         reply["body"] = response.body.decode("utf-8")
     except UnicodeDecodeError:
         reply["body_base64"] = base64.b64encode(response.body).decode()
-    try:
+    with contextlib.suppress(ChannelClosed):
         await channel.send(_dumps(reply))
-    except ChannelClosed:
-        pass
 
 
 def all_routes(routes: Iterable[Route], bridges: Bridges | None) -> list[Route]:

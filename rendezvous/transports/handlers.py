@@ -45,7 +45,8 @@ def internal_error(path: str, reason: str | None = None) -> HttpResponse:
     """A 500 the client can quote (a request id), logged here with the exception if any."""
     request_id = secrets.token_hex(6)
     if reason is None:
-        log.exception("handler failed", path=path, request_id=request_id)
+        # Called from an except block: logs the exception being handled.
+        log.exception("handler failed", path=path, request_id=request_id)  # noqa: LOG004
     else:
         log.error("handler failed", path=path, request_id=request_id, reason=reason)
     return HttpResponse.text(500, f"internal server error (request {request_id})\n")

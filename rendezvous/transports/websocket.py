@@ -6,6 +6,7 @@ extra tasks, no framework request machinery.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import anyio
@@ -37,7 +38,7 @@ def connection_info(scope: dict[str, Any], transport: str) -> ConnectionInfo:
 class WebSocketChannel:
     """A :class:`rendezvous.transports.base.Channel` over one ASGI WebSocket connection."""
 
-    __slots__ = ("info", "_receive", "_send", "_max", "_accepted", "_closed", "_close_code", "_recv_scope", "_can_respond")
+    __slots__ = ("_accepted", "_can_respond", "_close_code", "_closed", "_max", "_receive", "_recv_scope", "_send", "info")
 
     def __init__(self, scope: dict[str, Any], receive: Any, send: Any, max_message_size: int) -> None:
         self.info = connection_info(scope, "websocket")
@@ -127,10 +128,8 @@ class WebSocketChannel:
         if self._accepted:
             # Bounded: a peer that stopped reading must not hold up whoever closes it.
             with anyio.move_on_after(CLOSE_SEND_TIMEOUT):
-                try:
+                with contextlib.suppress(OSError, RuntimeError):
                     await self._send({"type": "websocket.close", "code": code, "reason": reason})
-                except (OSError, RuntimeError):
-                    pass
         if self._recv_scope is not None:
             self._recv_scope.cancel()
 

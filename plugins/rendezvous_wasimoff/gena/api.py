@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -134,7 +135,7 @@ def validate(config: Any) -> list[dict[str, Any]]:
     if not isinstance(entries, list) or not entries:
         raise ValueError("Key: 'RunConfiguration.Exec' Error:Field validation for 'Exec' failed on the 'min' tag")
     envs = config.get("envs") or []
-    for name, value in (("envs", envs),) + tuple(("exec.envs", e.get("envs") or []) for e in entries if isinstance(e, dict)):
+    for name, value in (("envs", envs), *tuple(("exec.envs", e.get("envs") or []) for e in entries if isinstance(e, dict))):
         if not isinstance(value, list) or not all(isinstance(v, str) and "=" in v for v in value):
             raise ValueError(f"{name}: every env must be a string containing '='")
     for entry in entries:

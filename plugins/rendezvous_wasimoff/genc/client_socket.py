@@ -4,6 +4,8 @@ its tasks."""
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 from google.protobuf.message import Message
 
@@ -29,10 +31,8 @@ async def client_socket(broker: Broker, channel: Channel) -> None:
             envelope.error = error
         if payload is not None:
             pack(envelope, payload)
-        try:
+        with contextlib.suppress(ChannelClosed):
             await channel.send(codec.encode(envelope))
-        except ChannelClosed:
-            pass
 
     async def handle(sequence: int, payload: Message) -> None:
         try:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
 from google.protobuf import json_format

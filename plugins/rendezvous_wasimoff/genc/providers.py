@@ -4,9 +4,11 @@ them (ClusterInfo on every change, Throughput every second)."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -138,10 +140,8 @@ class ProviderSockets:
     async def _broadcast_cluster_info(self, providers: int) -> None:
         event = schema.ClusterInfo(providers=providers)
         for session in list(self.sessions):
-            try:
+            with contextlib.suppress(ChannelClosed):
                 await session.send(schema.EVENT, event)
-            except ChannelClosed:
-                pass
 
     async def throughput_forever(self) -> None:
         while True:
@@ -149,7 +149,5 @@ class ProviderSockets:
             overall = self.broker.take_completions()
             for session in list(self.sessions):
                 yours, session.completed_recently = session.completed_recently, 0
-                try:
+                with contextlib.suppress(ChannelClosed):
                     await session.send(schema.EVENT, schema.Throughput(overall=overall, yours=yours))
-                except ChannelClosed:
-                    pass

@@ -3,6 +3,7 @@ the broker's :class:`~rendezvous_wasimoff.worker.Worker` for that provider."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import TYPE_CHECKING, Any
 
@@ -75,10 +76,8 @@ class ProviderSession:
             await self.broker.transport_error(task, self, "provider socket closed")
 
     async def revoke(self, task: TaskHandle) -> None:
-        try:
+        with contextlib.suppress(ChannelClosed):
             await self.request(schema.Cancel(id=task.id, reason="client cancelled"), "cancel")
-        except ChannelClosed:
-            pass
 
     # -- answers ---------------------------------------------------------------------------------
     async def on_response(self, envelope: Message, payload: Any) -> None:

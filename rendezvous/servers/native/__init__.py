@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 import anyio
 
@@ -78,7 +79,7 @@ class NativeServer:
                 elif conn.task is None and conn.transport is not None:
                     conn.close_transport()  # idle keep-alive connection
             with anyio.move_on_after(options.grace):
-                while state.busy():
+                while state.busy():  # noqa: ASYNC110 -- polls the connections' tasks until the grace ends
                     await asyncio.sleep(0.05)
             for task in state.busy():
                 task.cancel()

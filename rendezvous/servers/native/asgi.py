@@ -4,7 +4,8 @@ files, admin pages, 404s): one buffered request in, one buffered response out.""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 async def asgi_fallback(

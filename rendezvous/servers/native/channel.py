@@ -17,7 +17,7 @@ PAUSE_AT = 64
 
 
 class NativeChannel:
-    __slots__ = ("info", "_conn", "_inbox", "_accepted", "max_message_size")
+    __slots__ = ("_accepted", "_conn", "_inbox", "info", "max_message_size")
 
     def __init__(self, conn: Connection, info: ConnectionInfo, max_message_size: int) -> None:
         self.info = info

@@ -14,8 +14,9 @@ import asyncio
 import base64
 import collections
 import hashlib
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httptools
@@ -61,7 +62,7 @@ class _Reject(Exception):
 class _Request:
     """One parsed HTTP request, snapshotted so pipelined requests don't overwrite each other."""
 
-    __slots__ = ("method", "url", "path", "query", "route", "headers", "body", "keep_alive", "too_large")
+    __slots__ = ("body", "headers", "keep_alive", "method", "path", "query", "route", "too_large", "url")
 
     def __init__(
         self, method: str, url: bytes, path: str, query: str, route: ExchangeRoute | None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import codecs
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 _CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 _OPCODES = frozenset((_CONTINUATION, _TEXT, _BINARY, _CLOSE, _PING, _PONG))
@@ -98,8 +98,22 @@ class FrameReader:
     """The frames one client sends, turned into events. Feed it bytes; it keeps the rest."""
 
     __slots__ = (
-        "max_message_size", "max_fragments", "only", "closed", "_buf", "_remaining", "_mask", "_offset",
-        "_fin", "_frame_opcode", "_started", "_opcode", "_parts", "_size", "_frames", "_decoder",
+        "_buf",
+        "_decoder",
+        "_fin",
+        "_frame_opcode",
+        "_frames",
+        "_mask",
+        "_offset",
+        "_opcode",
+        "_parts",
+        "_remaining",
+        "_size",
+        "_started",
+        "closed",
+        "max_fragments",
+        "max_message_size",
+        "only",
     )
 
     def __init__(self, max_message_size: int, max_fragments: int = MAX_FRAGMENTS) -> None:

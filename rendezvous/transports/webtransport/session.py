@@ -35,7 +35,7 @@ class Carrier(Protocol):
 class WebTransportStream:
     """One bidirectional WebTransport stream of a :class:`WebTransportSession` (raw bytes)."""
 
-    def __init__(self, session: "WebTransportSession", stream_id: int) -> None:
+    def __init__(self, session: WebTransportSession, stream_id: int) -> None:
         self.session = session
         self.stream_id = stream_id
         self._inbox = Inbox()
