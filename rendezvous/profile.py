@@ -73,6 +73,14 @@ class Profile(Protocol):
     def create(self, context: ProfileContext) -> ProfileRuntime: ...
 
 
+class ProfileStatus(Protocol):
+    """Optional on a runtime: the numbers of the status page (``/status``), read once a second:
+    ``{id: Gauge | Counter | Latency}`` (:mod:`rendezvous.observe.status.readings`). Cheap, exact,
+    and nothing that names a peer (no addresses, ids or secrets)."""
+
+    def status(self) -> Mapping[str, Any]: ...
+
+
 class ProfileCliExtras(Protocol):
     """Optional: profiles with command-line arguments beyond ``--<setting>`` flags."""
 

@@ -22,6 +22,7 @@ from rendezvous.profile import ProfileContext
 from rendezvous.settings import non_negative, positive, setting
 from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute, SendTimeout
 from rendezvous_overlay.codec import HEARTBEAT, BadFrame, Opaque, decode, encode
+from rendezvous_overlay.status import OverlayStatus
 
 ROOT_SUFFIX = "/webrtc-bootstrap-root"
 CLOSE_INVALID_DATA = 1007
@@ -129,6 +130,7 @@ class OverlayRuntime:
         )
         self.limiter = KeyedRateLimiter(settings.join_rate, settings.join_burst) if settings.join_rate else None
         self.metrics = _Metrics(context.metrics)
+        self.status = OverlayStatus(self)  # the status page's numbers
         self.driver = Driver(self.router, self.execute, context.clock)
         self.routes = [
             ChannelRoute("/join", self.join, settings.max_message_size),

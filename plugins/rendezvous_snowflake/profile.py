@@ -30,6 +30,7 @@ from rendezvous_snowflake.messages import (
     STR_NO_PROXIES, STR_TIMED_OUT, BadRequest,
 )
 from rendezvous_snowflake.stats import Descriptor, Prometheus
+from rendezvous_snowflake.status import SnowflakeStatus
 
 READ_LIMIT = 100_000
 UNRESTRICTED_POOL, RESTRICTED_POOL = "unrestricted", "restricted"
@@ -183,6 +184,7 @@ class SnowflakeRuntime:
         self.reports = self.backend.reports("snowflake")
         self.prom = Prometheus(context.metrics)
         self.descriptor = Descriptor()
+        self.status = SnowflakeStatus(self)  # the status page's numbers
         self.client_pools = {
             NAT_RESTRICTED: (UNRESTRICTED_POOL,),
             NAT_UNKNOWN: (UNRESTRICTED_POOL,),
@@ -354,6 +356,7 @@ class SnowflakeRuntime:
     # -- /client ----------------------------------------------------------------------------
     async def _rendezvous(self, body: bytes, method: str, ip: str | None) -> tuple[str | None, str | None, str | None]:
         """A v1.0 client request → (answer, error, ip used for metrics)."""
+        arrived = self.clock()
         try:
             poll = messages.decode_client_poll(body)
         except BadRequest as exc:
@@ -379,6 +382,7 @@ class SnowflakeRuntime:
         if asker.result is None:
             self._client_stats(method, country, poll.nat, "timeout")
             return None, STR_TIMED_OUT, ip
+        self.status.rendezvous_done(self.clock() - arrived)
         self._client_stats(method, country, poll.nat, "matched")
         return asker.result, None, ip
 

@@ -22,6 +22,7 @@ from rendezvous.core import Deliver, Dispatch, Failed, QueueFull, Revoke
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Effect
 from rendezvous_wasimoff.metrics import Metrics
+from rendezvous_wasimoff.status import WasimoffStatus
 from rendezvous_wasimoff.settings import WasimoffSettings
 from rendezvous_wasimoff.storage import open_storage
 from rendezvous_wasimoff.tasks import GenAExec, RpcError, TaskHandle
@@ -38,6 +39,7 @@ class Broker:
                                  max_attempts=settings.max_attempts)
         self.driver = Driver(self.dispatch, self.execute, clock)
         self.metrics = Metrics(registry)
+        self.status = WasimoffStatus(self.dispatch, self.metrics)  # the status page's numbers
         self.workers: dict[Worker, None] = {}  # admitted providers of both generations, in order
         # Called with the new provider count whenever it changes (gen C tells its providers).
         self.on_provider_count: list[Callable[[int], Awaitable[None]]] = []
@@ -67,6 +69,7 @@ class Broker:
                     await self._start(effect.to, effect.payload)
             elif type(effect) is Failed:
                 effect.task.error = "\n".join(effect.errors)
+                self.status.task_failed()
                 effect.task.event.set()
             elif type(effect) is Revoke:
                 worker: Worker = effect.worker

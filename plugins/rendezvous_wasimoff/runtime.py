@@ -23,6 +23,7 @@ class WasimoffRuntime:
         # What tests look at: storage, the dispatcher, gen C's admitted providers (gen A's: gen_a.providers).
         self.storage = self.broker.storage
         self.dispatch = self.broker.dispatch
+        self.status = self.broker.status  # the status page's numbers
         self.providers = self.gen_c.providers
         self.routes = [
             *self.gen_c.routes,
