@@ -19,7 +19,7 @@ from rendezvous.config import Config, load_config
 from rendezvous.observe import logging as rlog
 from rendezvous.errors import ConfigError
 from rendezvous.observe.metrics import ProfileLabelled, healthz, metrics_handler, new_registry
-from rendezvous.observe.status import StatusPage
+from rendezvous.backends import serving as backends
 from rendezvous.profile import ProfileContext
 from rendezvous.servers import ServeOptions
 from rendezvous.transports.base import ExchangeRoute
@@ -176,6 +176,9 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         # (IP addresses scrubbed) rather than structlog's unscrubbed ones.
         rlog.configure(unsafe_logging=settings.unsafe_logging, log_format=settings.log_format, level=settings.log_level)
     registry = new_registry()
+    # Where shared state lives (memory, or redis for a cluster): made and checked against the
+    # profiles before anything starts, run before the profiles, stopped after them.
+    backend = backends.for_server(settings, {name: plugins.load_profile(name) for name in config.profiles})
     transports = [ep.load()() for ep in plugins.available(plugins.TRANSPORTS).values()]
     runtimes: dict[str, Any] = {}
     late: dict[str, Any] = {}  # what starts after the profiles are created
@@ -197,7 +200,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         if several:
             registry.register(ProfileLabelled(name, profile_registry))
         context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}"), clock,
-                                 lambda: late.get("webtransport"))
+                                 lambda: late.get("webtransport"), backend)
         runtime = profile.create(context)
         runtimes[name] = runtime
         listener.routes.extend((prefix, route) for route in runtime.routes)
@@ -210,9 +213,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         main.routes.append(("", ExchangeRoute(settings.metrics_path, metrics_handler(registry), frozenset({"GET", "HEAD"}))))
     if settings.healthz_path:
         main.routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
-    status = StatusPage(runtimes, clock) if settings.status_path else None  # every profile's numbers, sampled each second
-    if status is not None:
-        main.routes.extend(("", route) for route in status.routes(settings.status_path))
+    if settings.readyz_path:
+        main.routes.append(("", ExchangeRoute(settings.readyz_path, backends.readyz(backend), frozenset({"GET", "HEAD"}))))
     for listener in listeners:
         bridges = Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None
         try:
@@ -269,13 +271,12 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
 
         urls = {name: listener_of[name].url + mounts.get(name, (None, ""))[1] for name in runtimes}
         bound = {name: listener_of[name].bound + mounts.get(name, (None, ""))[1] for name in runtimes}
-        async with anyio.create_task_group() as tg:
+        async with backends.one_error(), anyio.create_task_group() as tg:
+            await tg.start(backends.run, backend)
             for runtime in runtimes.values():
                 tg.start_soon(runtime.run)
             for listener in listeners:
                 tg.start_soon(run_http, listener)
-            if status is not None:
-                tg.start_soon(status.run)
             if rotation is not None:
                 tg.start_soon(_rotate_certificates, rotation, webtransport)
             acme_http_url = None
