@@ -19,6 +19,7 @@ from rendezvous.config import Config, load_config
 from rendezvous.observe import logging as rlog
 from rendezvous.errors import ConfigError
 from rendezvous.observe.metrics import ProfileLabelled, healthz, metrics_handler, new_registry
+from rendezvous.observe.status import StatusPage
 from rendezvous.backends import serving as backends
 from rendezvous.profile import ProfileContext
 from rendezvous.servers import ServeOptions
@@ -215,6 +216,9 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         main.routes.append(("", ExchangeRoute(settings.healthz_path, healthz, frozenset({"GET", "HEAD"}))))
     if settings.readyz_path:
         main.routes.append(("", ExchangeRoute(settings.readyz_path, backends.readyz(backend), frozenset({"GET", "HEAD"}))))
+    status = StatusPage(runtimes, clock) if settings.status_path else None  # every profile's numbers, sampled each second
+    if status is not None:
+        main.routes.extend(("", route) for route in status.routes(settings.status_path))
     for listener in listeners:
         bridges = Bridges(settings.longpoll_wait, settings.longpoll_idle) if settings.bridges else None
         try:
@@ -277,6 +281,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 tg.start_soon(runtime.run)
             for listener in listeners:
                 tg.start_soon(run_http, listener)
+            if status is not None:
+                tg.start_soon(status.run)
             if rotation is not None:
                 tg.start_soon(_rotate_certificates, rotation, webtransport)
             acme_http_url = None
