@@ -123,18 +123,18 @@ async def test_overlay_numbers_follow_the_traffic():
     async with serve("overlay", {"secret": SECRET}) as srv:
         doc = await status_until(srv, lambda d: True)
         assert value(doc, "overlay", "roots") == 0 and value(doc, "overlay", "joins") == 0
-        async with ws_connect(f"{srv.ws_url}/{SECRET}/webrtc-bootstrap-root") as root:
-            # A joiner's offer reaches the root; a node of the tree (another /join socket) answers it.
-            async with ws_connect(f"{srv.ws_url}/join") as joiner, ws_connect(f"{srv.ws_url}/join") as answerer:
-                await joiner.send(json.dumps({"destination": None, "signal": "offer"}))
-                origin = (await recv_json(root))["origin"]
-                await answerer.send(json.dumps({"destination": origin, "signal": "answer"}))
-                assert (await recv_json(joiner))["signal"] == "answer"
-                doc = await status_until(srv, lambda d: value(d, "overlay", "prospects") == 2)
-                assert value(doc, "overlay", "roots") == 1
-                assert value(doc, "overlay", "joins") == pytest.approx(0.2)  # 2 /join sockets in the last 10 s
-                latency = doc["profiles"]["overlay"]["metrics"]["join_answer_latency"]
-                assert latency["count"] == 1 and 0 < latency["value"] <= 0.005  # the first bucket: 0-5 ms
+        # A joiner's offer reaches the root; a node of the tree (another /join socket) answers it.
+        async with ws_connect(f"{srv.ws_url}/{SECRET}/webrtc-bootstrap-root") as root, \
+                ws_connect(f"{srv.ws_url}/join") as joiner, ws_connect(f"{srv.ws_url}/join") as answerer:
+            await joiner.send(json.dumps({"destination": None, "signal": "offer"}))
+            origin = (await recv_json(root))["origin"]
+            await answerer.send(json.dumps({"destination": origin, "signal": "answer"}))
+            assert (await recv_json(joiner))["signal"] == "answer"
+            doc = await status_until(srv, lambda d: value(d, "overlay", "prospects") == 2)
+            assert value(doc, "overlay", "roots") == 1
+            assert value(doc, "overlay", "joins") == pytest.approx(0.2)  # 2 /join sockets in the last 10 s
+            latency = doc["profiles"]["overlay"]["metrics"]["join_answer_latency"]
+            assert latency["count"] == 1 and 0 < latency["value"] <= 0.005  # the first bucket: 0-5 ms
         doc = await status_until(srv, lambda d: value(d, "overlay", "roots") == 0 and value(d, "overlay", "prospects") == 0)
         # The root's secret is nowhere on the page or in the JSON.
         for path in ("/status", "/status.json"):

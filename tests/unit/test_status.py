@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from rendezvous.observe.status import (Counter, Gauge, Latency, LatencyHistogram, StatusHistory, StatusPage,
-                                       histogram_latency, quantile)
-from rendezvous.observe.status.service import CSP, render_page
+from rendezvous.observe.status import (
+    Counter,
+    Gauge,
+    Latency,
+    LatencyHistogram,
+    StatusHistory,
+    StatusPage,
+    histogram_latency,
+    quantile,
+)
 from rendezvous.observe.status.page import SCRIPT, STYLE
+from rendezvous.observe.status.service import CSP, render_page
 from rendezvous.testing import FakeClock
 
 
@@ -153,9 +162,9 @@ def test_gauges_and_the_view():
     assert times[-1] == 0.0 and -600.0 < times[0] <= -595.0
     assert times[-60:] == [float(t) for t in range(-59, 1)] and times[-61] <= -60.0
     assert 165 <= len(times) <= 171 and len(metric["series"]) == len(times)
-    assert all(b - a == 5.0 for a, b in zip(times[:100], times[1:100]))
+    assert all(b - a == 5.0 for a, b in itertools.pairwise(times[:100]))
     assert metric == {**metric, "label": "proxies waiting", "kind": "gauge", "unit": "proxies", "value": 1700 % 7}
-    assert all(b > a for a, b in zip(times, times[1:]))
+    assert all(b > a for a, b in itertools.pairwise(times))
 
 
 def test_points_stay_put_as_samples_arrive():

@@ -9,8 +9,17 @@ last minutes.
 """
 
 from rendezvous.observe.status.history import StatusHistory
-from rendezvous.observe.status.readings import (Counter, Gauge, Latency, LatencyHistogram, Reading, histogram_latency,
-                                                metric_value, metric_values, quantile)
+from rendezvous.observe.status.readings import (
+                                                Counter,
+                                                Gauge,
+                                                Latency,
+                                                LatencyHistogram,
+                                                Reading,
+                                                histogram_latency,
+                                                metric_value,
+                                                metric_values,
+                                                quantile,
+)
 from rendezvous.observe.status.service import StatusPage
 
 __all__ = ["Counter", "Gauge", "Latency", "LatencyHistogram", "Reading", "StatusHistory", "StatusPage",

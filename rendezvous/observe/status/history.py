@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rendezvous.observe.status.readings import Counter, Gauge, Latency, Reading, quantile
 
@@ -41,15 +42,15 @@ class _Window:
             self.items.clear()
             self.sum = [0.0] * len(totals)
         else:
-            increment = [t - p for t, p in zip(totals, self.last)]
+            increment = [t - p for t, p in zip(totals, self.last, strict=True)]
             if any(d < 0 for d in increment):
                 increment = totals  # reset: everything it holds came since
             self.items.append((self.last_time, now, increment))
-            self.sum = [s + d for s, d in zip(self.sum, increment)]
+            self.sum = [s + d for s, d in zip(self.sum, increment, strict=True)]
         self.last, self.last_time = totals, now
         while self.items and self.items[0][1] <= now - self.length:
             _, _, old = self.items.popleft()
-            self.sum = [s - d for s, d in zip(self.sum, old)]
+            self.sum = [s - d for s, d in zip(self.sum, old, strict=True)]
         if not self.items:
             self.sum = [0.0] * len(totals)  # no float residue once the window is empty
 
@@ -96,16 +97,15 @@ class StatusHistory:
         values: dict[str, float | None] = {}
         meta: dict[str, dict[str, Any]] = {}
         for key, item in reading.items():
-            kind = type(item)
             meta[key] = {"label": item.label, "kind": _kind(item), "unit": _unit(item)}
-            if kind is Gauge:
+            if isinstance(item, Gauge):
                 values[key] = float(item.value)
                 continue
             window = self._windows.get(key)
             if window is None or window.length != item.window:
                 window = self._windows[key] = _Window(item.window)
             meta[key]["window"] = item.window
-            if kind is Counter:
+            if isinstance(item, Counter):
                 window.add(now, (item.total,))
                 # Over the whole window even when less has passed: the server counted nothing
                 # before it started, so a fresh start shows no spike.

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -137,6 +138,6 @@ def histogram_latency(histogram: Any, label: str, window: float = 60.0) -> Laten
                     bounds.append(le)
                     cumulative.append(sample.value)
     below = [0.0, *cumulative]
-    counts = [high - low for low, high in zip(below, cumulative)]
+    counts = [high - low for low, high in zip(below, cumulative, strict=False)]  # (below: one longer)
     counts.append(max(0.0, everything - below[-1]))
     return Latency(label, tuple(bounds), tuple(counts), window)

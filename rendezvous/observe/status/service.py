@@ -15,7 +15,8 @@ import hashlib
 import html
 import json
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import anyio
 
