@@ -9,9 +9,10 @@ Quart's request machinery (DESIGN.md §6).
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import attrs
-from typing import Any, Iterable, Sequence
 
 from rendezvous.transports.base import ChannelRoute, HttpResponse, Route, SessionRoute
 from rendezvous.transports.http import send_response

@@ -10,7 +10,8 @@ import pathlib
 import sys
 import types
 import typing
-from typing import Any, Collection, Mapping, NoReturn, Sequence, TextIO
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import attrs
@@ -33,7 +34,7 @@ def _flag_names(field: Any, meta: Any) -> list[str]:
 
 def _default_text(value: Any, meta: Any) -> str | None:
     """A setting's default as ``--help`` shows it; None where there is nothing useful to show."""
-    if meta.secret or value is None or isinstance(value, attrs.Factory) or value is attrs.NOTHING or value == ():
+    if meta.secret or value is None or hasattr(value, "takes_self") or value is attrs.NOTHING or value == ():  # a Factory
         return None
     if isinstance(value, bool):
         text = "true" if value else "false"

@@ -7,7 +7,8 @@ import errno
 import signal
 import socket
 import time
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import attrs
@@ -15,12 +16,12 @@ import structlog
 
 from rendezvous import plugins
 from rendezvous.app import App, DuplicateRoute
+from rendezvous.backends import serving as backends
 from rendezvous.config import Config, load_config
-from rendezvous.observe import logging as rlog
 from rendezvous.errors import ConfigError
+from rendezvous.observe import logging as rlog
 from rendezvous.observe.metrics import ProfileLabelled, healthz, metrics_handler, new_registry
 from rendezvous.observe.status import StatusPage
-from rendezvous.backends import serving as backends
 from rendezvous.profile import ProfileContext
 from rendezvous.servers import ServeOptions
 from rendezvous.transports.base import ExchangeRoute
@@ -229,7 +230,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
             raise ConfigError(f"{exc}{' (' + claimed + ')' if claimed else ''}: serve the profiles under different "
                               "prefixes or ports (--mount NAME=/prefix or NAME=:PORT)") from None
     scheme = "https" if settings.cert or settings.acme_hostnames else "http"
-    acme, acme_sockets, wt_socket, webtransport = None, [], None, None
+    acme, wt_socket, webtransport = None, None, None
+    acme_sockets: list[socket.socket] = []
     try:
         for listener in listeners:
             _bind_listener(listener, config, scheme)
@@ -391,7 +393,7 @@ def _webtransport(app: Any, settings: Any) -> tuple[Any, Any]:
         return WebTransportTransport(app, certificate_from_files(settings.webtransport_cert, settings.webtransport_key)), None
     if settings.cert is not None:
         return WebTransportTransport(app, certificate_from_files(settings.cert, settings.key)), None
-    rotation = CertificateRotation(datetime.datetime.now(datetime.timezone.utc))
+    rotation = CertificateRotation(datetime.datetime.now(datetime.UTC))
     return WebTransportTransport(app, rotation.current), rotation
 
 
@@ -400,9 +402,9 @@ async def _rotate_certificates(rotation: Any, webtransport: Any) -> None:
     import datetime
 
     while True:
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         await anyio.sleep(max(1.0, (rotation.renew_at() - now).total_seconds()))
-        renewed = rotation.advance(datetime.datetime.now(datetime.timezone.utc))
+        renewed = rotation.advance(datetime.datetime.now(datetime.UTC))
         if renewed is not None:
             webtransport.use_certificate(renewed)
             log.info("webtransport certificate renewed", sha256=renewed.sha256)
@@ -432,7 +434,7 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     # Profiles re-read what their original re-reads on SIGHUP (Snowflake: GeoIP).
-                    for name, runtime in server.runtimes.items():
+                    for runtime in server.runtimes.values():
                         reload = getattr(runtime, "reload", None)
                         if reload is not None:
                             result = reload()

@@ -16,7 +16,8 @@ import pathlib
 import stat
 import types
 import typing
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 
@@ -201,20 +202,21 @@ def check_files(instance: Any, section: str, sources: Mapping[str, str]) -> None
         if path is None or kind not in (CERTIFICATE, PRIVATE_KEY, APPENDED):
             continue
         if kind == APPENDED:
-            problem = append_problem(pathlib.Path(path))
-            if problem is not None:
-                raise ConfigError(f"{where(name)}: cannot append to it: {problem}")
+            reason = append_problem(pathlib.Path(path))
+            if reason is not None:
+                raise ConfigError(f"{where(name)}: cannot append to it: {reason}")
             continue
         partner = _partner(name)
-        partner = partner if kinds.get(partner) and getattr(instance, partner) is not None else None
-        if kind == PRIVATE_KEY and partner is not None:
+        paired = bool(kinds.get(partner)) and getattr(instance, partner) is not None
+        if kind == PRIVATE_KEY and paired:
             continue  # checked with its certificate
-        cert_name, key_name = (name, partner) if kind == CERTIFICATE else (None, name)
-        pems = {n: _read(getattr(instance, n), where(n)) for n in (cert_name, key_name) if n is not None}
-        problem = pem_problem(pems.get(cert_name), pems.get(key_name))
+        cert_name, key_name = (name, partner if paired else None) if kind == CERTIFICATE else (None, name)
+        cert = _read(getattr(instance, cert_name), where(cert_name)) if cert_name else None
+        key = _read(getattr(instance, key_name), where(key_name)) if key_name else None
+        problem = pem_problem(cert, key)
         if problem is not None:
-            which, reason = problem
-            raise ConfigError(f"{where(cert_name if which == 'cert' or key_name is None else key_name)}: {reason}")
+            blamed = key_name if problem[0] == "key" and key_name else cert_name or name
+            raise ConfigError(f"{where(blamed)}: {problem[1]}")
 
 
 def _partner(name: str) -> str:

@@ -25,7 +25,7 @@ BACKDATE = datetime.timedelta(minutes=5)
 
 
 #: live server contexts -> the (certfile, keyfile) they serve
-_SERVING: "weakref.WeakKeyDictionary[ssl.SSLContext, tuple[str, str | None]]" = weakref.WeakKeyDictionary()
+_SERVING: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[str, str | None]] = weakref.WeakKeyDictionary()
 
 
 def server_context(certfile: os.PathLike[str] | str, keyfile: os.PathLike[str] | str | None = None) -> ssl.SSLContext:

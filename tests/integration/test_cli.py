@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import pathlib
 import queue
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -33,7 +33,7 @@ class Serving:
     """A `rendezvous serve` subprocess; its JSON log lines are read from stderr by a thread."""
 
     def __init__(self, args, environ):
-        self.proc = subprocess.Popen(RENDEZVOUS + ["serve", *args], env=environ, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([*RENDEZVOUS, "serve", *args], env=environ, stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []
         self._queue: queue.Queue = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -146,7 +146,7 @@ def test_a_webtransport_port_in_use_is_an_error_not_a_crash():
     port, udp = free_port(), free_port(socket.SOCK_DGRAM)
     with taken(udp, socket.SOCK_DGRAM):
         line = fails("--profile", "wasimoff", "--http-listen", f"127.0.0.1:{port}", "--quic-listen", f":{udp}", tcp=port)
-    assert f"server.webtransport_port (from WASIMOFF_QUIC_LISTEN): cannot listen on UDP" in line
+    assert "server.webtransport_port (from WASIMOFF_QUIC_LISTEN): cannot listen on UDP" in line
     assert f":{udp} for WebTransport: Address already in use (give it another port, or '' for no WebTransport)" in line
 
 

@@ -15,8 +15,17 @@ from rendezvous.cli import shared_flag_problem
 from rendezvous.config import load_config, profile_server_defaults
 from rendezvous.errors import ConfigError
 from rendezvous.server import bind_sockets, bound_address, listen_error
-from rendezvous.settings import APPENDED, CERTIFICATE, NOT_A_FILE, PRIVATE_KEY, append_problem, check_files, fields_of, \
-    file_kind, setting
+from rendezvous.settings import (
+    APPENDED,
+    CERTIFICATE,
+    NOT_A_FILE,
+    PRIVATE_KEY,
+    append_problem,
+    check_files,
+    fields_of,
+    file_kind,
+    setting,
+)
 from rendezvous.testing.tls import self_signed_certificate
 from rendezvous.tls import pem_problem
 

@@ -57,6 +57,8 @@ class WebTransportTransport:
         starts anything, so that a port in use is a configuration error), or bind ``host``/``port``."""
         configuration = server_configuration(self.certificate)
         if sock is None:
+            if host is None or port is None:
+                raise TypeError("start() needs a bound sock, or host and port")
             self._server = await serve(host, port, configuration=configuration, create_protocol=self.create_protocol)
         else:
             _, self._server = await asyncio.get_running_loop().create_datagram_endpoint(
