@@ -72,7 +72,7 @@ class Number:
         return hash(self.text)
 
 
-class Object(list):  # type: ignore[type-arg]
+class Object(list):
     """A decoded object as its ``(key, value)`` pairs in document order, duplicates kept."""
 
     __slots__ = ()

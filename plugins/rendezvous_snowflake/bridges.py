@@ -35,8 +35,9 @@ def parse_bridge_list(text: str, source: str = "bridge list") -> dict[str, Bridg
         where = f"{source} line {number}"
         try:
             entry = json.loads(line)
-        except ValueError as exc:
-            raise ConfigError(f"{where}: invalid JSON: {exc.msg}") from None
+        except ValueError as exc:  # a JSONDecodeError, or e.g. an integer past the digit limit
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise ConfigError(f"{where}: invalid JSON: {detail}") from None
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: expected a JSON object")
         keys = set(entry)

@@ -17,6 +17,7 @@ here: linear counting is used up to 5 m instead (its error stays under 0.5 % at 
 
 from __future__ import annotations
 
+import builtins
 import collections
 import math
 from collections.abc import Iterable
@@ -236,7 +237,7 @@ def _gob_int(value: int) -> bytes:
     return _gob_uint(value << 1 if value >= 0 else (~value << 1) | 1)
 
 
-def _gob_bytes(data: bytes) -> bytes:
+def _gob_bytes(data: bytes | bytearray) -> bytes:
     return _gob_uint(len(data)) + data
 
 
@@ -284,7 +285,7 @@ class _GobReader:
         u = self.uint()
         return ~(u >> 1) if u & 1 else u >> 1
 
-    def bytes(self) -> bytes:
+    def bytes(self) -> builtins.bytes:  # (the class's own ``int``/``bytes`` shadow the builtins here)
         n = self.uint()
         if self.pos + n > self.end:
             raise ValueError("truncated gob bytes")
@@ -292,7 +293,7 @@ class _GobReader:
         self.pos += n
         return value
 
-    def uint_bool_map(self) -> list[int]:
+    def uint_bool_map(self) -> list[builtins.int]:
         keys = []
         for _ in range(self.uint()):
             key = self.uint()
@@ -300,7 +301,7 @@ class _GobReader:
                 keys.append(key)
         return keys
 
-    def value(self, type_id: int | None, read):
+    def value(self, type_id: builtins.int | None, read):
         """The next value message (type definitions before it are skipped); ``None``: any
         user-defined type id."""
         while True:

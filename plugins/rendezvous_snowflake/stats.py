@@ -43,13 +43,13 @@ class RoundedCounter(Collector):
     def inc(self, **labels: str) -> None:
         self.values[tuple(labels[name] for name in self.labels)] += 1
 
-    def collect(self):  # type: ignore[override]
+    def collect(self):
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for key, value in sorted(self.values.items()):
             family.add_metric(list(key), binned(value))
         yield family
 
-    def describe(self):  # type: ignore[override]
+    def describe(self):
         return [CounterMetricFamily(self.name, self.documentation, labels=self.labels)]
 
 

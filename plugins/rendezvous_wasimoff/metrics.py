@@ -40,11 +40,11 @@ class RetryCounter:
     def attempt(self, number: int) -> None:
         self.counts[number] = self.counts.get(number, 0) + 1
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         metric = Metric(self.name, "number of retries across all scheduled tasks", "unknown")
         for number, count in sorted(self.counts.items()):
             metric.add_sample(self.name, {"attempt": str(number)}, float(count))
         yield metric
 
-    def describe(self):  # type: ignore[no-untyped-def]
+    def describe(self):
         return list(self.collect())

@@ -32,7 +32,9 @@ class WasimoffProfile:
         if settings.metrics:
             values["metrics_path"] = ("/metrics", "WASIMOFF_METRICS")
         if settings.quic_listen:
-            values["webtransport_port"] = (parse_listen(settings.quic_listen, "WASIMOFF_QUIC_LISTEN")[1], "WASIMOFF_QUIC_LISTEN")
+            quic_host, quic_port = parse_listen(settings.quic_listen, "WASIMOFF_QUIC_LISTEN")
+            values["webtransport_port"] = (quic_port, "WASIMOFF_QUIC_LISTEN")
+            values["webtransport_host"] = (quic_host, "WASIMOFF_QUIC_LISTEN")  # ":4443" is every interface, as Go
         if settings.quic_cert is not None:
             values["webtransport_cert"] = (settings.quic_cert, "WASIMOFF_QUIC_CERT")
             values["webtransport_key"] = (settings.quic_key, "WASIMOFF_QUIC_KEY")

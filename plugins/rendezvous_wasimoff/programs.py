@@ -111,4 +111,4 @@ TOOL_WAT = r"""
 def tool_wasm() -> bytes:
     import wasmtime
 
-    return wasmtime.wat2wasm(TOOL_WAT)
+    return bytes(wasmtime.wat2wasm(TOOL_WAT))

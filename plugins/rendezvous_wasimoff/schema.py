@@ -7,6 +7,8 @@ readable source of truth and works with whatever protobuf runtime is installed.
 
 from __future__ import annotations
 
+import typing
+
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
 
 PACKAGE = "wasimoff.v1"
@@ -126,7 +128,7 @@ POOL.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
 POOL.AddSerializedFile(_build_file().SerializeToString())
 
 
-def message_class(path: str) -> type:
+def message_class(path: str) -> type[typing.Any]:  # built at run time: no static fields
     return message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.{path}"))
 
 

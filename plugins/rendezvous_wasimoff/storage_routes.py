@@ -41,7 +41,7 @@ class StorageRoutes:
         byte_range = _parse_range(request.headers.get("range"), len(data))
         if byte_range is None:
             return HttpResponse(200, data, tuple(headers))
-        if byte_range == "invalid":
+        if isinstance(byte_range, str):  # "invalid"
             return HttpResponse(416, b"", (*headers, ("content-range", f"bytes */{len(data)}")))
         start, end = byte_range
         return HttpResponse(206, data[start:end + 1], (*headers, ("content-range", f"bytes {start}-{end}/{len(data)}")))

@@ -24,7 +24,7 @@ from collections.abc import Hashable, Iterable
 
 import attrs
 
-from rendezvous.core.effects import Deliver, Effect, Failed, Revoke
+from rendezvous.core.effects import Deliver, Effect, Failed, Party, Revoke
 
 
 class Policy(enum.Enum):
@@ -242,6 +242,7 @@ class Dispatch:
 
     def _assign(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
+        assigned: list[Party] = []
         passed = 0  # tasks whose capabilities no free worker has: later tasks may pass them
         for t in self._queue.values():
             w = self._pick(t)
@@ -254,8 +255,9 @@ class Dispatch:
             t.worker = w
             w.running.add(t.party)
             effects.append(Deliver(w.party, t.party))
-        for effect in effects:  # (not while iterating the queue)
-            del self._queue[effect.payload]
+            assigned.append(t.party)
+        for party in assigned:  # (not while iterating the queue)
+            del self._queue[party]
         return effects
 
     # -- time ----------------------------------------------------------------------------

@@ -35,12 +35,12 @@ class ExactCounter(Collector):
         with self._lock:
             self.value += amount
 
-    def collect(self):  # type: ignore[override]
+    def collect(self):
         metric = Metric(self.name, self.documentation, "unknown")
         metric.add_sample(self.name, {}, self.value)
         yield metric
 
-    def describe(self):  # type: ignore[override]
+    def describe(self):
         return list(self.collect())
 
 
@@ -56,7 +56,7 @@ class ProfileLabelled(Collector):
         self.name = name
         self.source = source
 
-    def collect(self):  # type: ignore[override]
+    def collect(self):
         for metric in self.source.collect():
             labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
             for sample in metric.samples:
@@ -64,7 +64,7 @@ class ProfileLabelled(Collector):
                                     sample.timestamp, sample.exemplar)
             yield labelled
 
-    def describe(self):  # type: ignore[override]
+    def describe(self):
         return []
 
 

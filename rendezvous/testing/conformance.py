@@ -43,7 +43,7 @@ class WebSocketPeer:
 
     async def recv(self) -> str | bytes:
         with anyio.fail_after(5):
-            return await self.ws.recv()  # type: ignore[no-any-return]
+            return await self.ws.recv()
 
     async def close(self, code: int) -> None:
         await self.ws.close(code)
@@ -57,7 +57,7 @@ class WebSocketPeer:
                     await self.ws.recv()
             except ConnectionClosed:
                 pass
-        return self.ws.close_code  # type: ignore[no-any-return]
+        return self.ws.close_code
 
 
 class LongPollPeer:
@@ -73,7 +73,7 @@ class LongPollPeer:
             raise ConnectionError(f"send refused: {reply.status}")
 
     async def recv(self) -> str | bytes:
-        return await self.poll.recv()  # type: ignore[no-any-return]
+        return await self.poll.recv()
 
     async def close(self, code: int) -> None:
         await self.poll.close()
@@ -84,7 +84,7 @@ class LongPollPeer:
                 while True:
                     await self.poll.recv()
             except ConnectionError:
-                return self.poll.close_code  # type: ignore[no-any-return]
+                return self.poll.close_code
 
 
 class WebTransportPeer:
@@ -98,13 +98,13 @@ class WebTransportPeer:
 
     async def recv(self) -> str | bytes:
         with anyio.fail_after(5):
-            return await self.client.recv()  # type: ignore[no-any-return]
+            return await self.client.recv()
 
     async def close(self, code: int) -> None:
         self.client.close(code)
 
     async def closed_code(self) -> int | None:
-        return await self.client.wait_closed()  # type: ignore[no-any-return]
+        return await self.client.wait_closed()
 
 
 async def check_channel(open_pair: OpenPair, *, binary: bool = True, client_close_code: bool = True) -> None:
@@ -183,4 +183,4 @@ async def check_channel(open_pair: OpenPair, *, binary: bool = True, client_clos
 
 async def _receive(channel: Any) -> str | bytes:
     with anyio.fail_after(5):
-        return await channel.receive()  # type: ignore[no-any-return]
+        return await channel.receive()

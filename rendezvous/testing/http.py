@@ -45,7 +45,7 @@ async def http_call(url: str, method: str = "GET", body: bytes = b"", headers: M
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
     with anyio.fail_after(timeout):
-        async with await anyio.connect_tcp(parts.hostname, parts.port or 80) as stream:
+        async with await anyio.connect_tcp(parts.hostname or "", parts.port or 80) as stream:
             await stream.send(request)
             data = b""
             while b"\r\n\r\n" not in data:
@@ -94,7 +94,7 @@ class LongPoll:
 
     async def send(self, message: str | bytes) -> HttpReply:
         binary = isinstance(message, bytes)
-        body = message if binary else message.encode()
+        body = message if isinstance(message, bytes) else message.encode()
         kind = "application/octet-stream" if binary else "text/plain; charset=utf-8"
         return await http_call(f"{self.url}?session={self.session}", "POST", body, {"Content-Type": kind})
 

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import ssl
 from collections.abc import Mapping, Sequence
+from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
@@ -80,7 +81,7 @@ async def h3_call(url: str, method: str = "GET", body: bytes = b"", headers: Map
 
     parts = urlsplit(url)
     with anyio.fail_after(timeout):
-        async with connect(parts.hostname, parts.port, configuration=_client_configuration(),
+        async with connect(parts.hostname or "", parts.port or 443, configuration=_client_configuration(),
                            create_protocol=_RequestProtocol) as protocol:
             assert isinstance(protocol, _RequestProtocol)
             stream_id = protocol.quic.get_next_available_stream_id()
@@ -162,7 +163,7 @@ class WebTransportSessionClient:
             protocol.client = self
             return protocol
 
-        self._cm = connect(parts.hostname, parts.port, configuration=_client_configuration(self.verify, datagrams=True),
+        self._cm = connect(parts.hostname or "", parts.port or 443, configuration=_client_configuration(self.verify, datagrams=True),
                            create_protocol=create_protocol)
         self._protocol: _SessionProtocol = await self._cm.__aenter__()  # type: ignore[assignment]
         protocol = self._protocol
@@ -249,8 +250,10 @@ class WebTransportSessionClient:
             await self._closed.wait()
         return self.close_code
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cm.__aexit__(*exc)
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._cm.__aexit__(exc_type, exc, tb)
 
 
 class WebTransportClient(WebTransportSessionClient):

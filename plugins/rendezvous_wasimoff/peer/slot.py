@@ -10,7 +10,7 @@ import io
 import pathlib
 import tempfile
 import zipfile
-from typing import Any
+from typing import Any, cast
 
 
 class Cancelled(Exception):
@@ -68,7 +68,7 @@ class WasmSlot:
             status = 0
             try:
                 instance = linker.instantiate(store, module)
-                instance.exports(store)["_start"](store)
+                cast("wasmtime.Func", instance.exports(store)["_start"])(store)
             except wasmtime.ExitTrap as exc:
                 status = exc.code
             except wasmtime.Trap:

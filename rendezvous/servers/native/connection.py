@@ -412,6 +412,7 @@ class Connection(asyncio.Protocol):
     async def _answer(self, req: _Request) -> bool:
         path, query, route = req.path, req.query, req.route
         keep_alive = req.keep_alive
+        headers: Sequence[tuple[str, str]]
         try:
             if route is None:
                 status, headers, body = await asgi_fallback(
@@ -509,7 +510,7 @@ class Connection(asyncio.Protocol):
             return
         for event in events:
             if event.__class__ is str or event.__class__ is bytes:
-                if not channel.deliver(event):  # type: ignore[arg-type]
+                if not channel.deliver(event):
                     self.pause(_INBOX)
             elif isinstance(event, Ping):
                 self.write(pong_frame(event.payload))
