@@ -289,7 +289,6 @@ def test_the_webtransport_listener_binds_its_host(host, expected):
         assert srv.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs rendezvous_wasimoff to pass WASIMOFF_QUIC_LISTEN's host as webtransport_host")
 def test_wasimoff_quic_listen_port_only_binds_every_interface():
     port, udp = free_port(), free_port(socket.SOCK_DGRAM)
     srv, _ = serving(["--profile", "wasimoff", "--http-listen", f"127.0.0.1:{port}", "--quic-listen", f":{udp}"])
