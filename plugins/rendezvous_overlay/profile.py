@@ -163,8 +163,10 @@ class OverlayRuntime:
                 await effect.party.close(effect.code, effect.reason)
             elif type(effect) is Dropped:
                 m.dropped.labels(effect.reason).inc()
+                self.log.debug("message dropped", reason=effect.reason)
             elif type(effect) is Answered:
                 m.latency.observe(effect.latency)
+                self.log.info("join answered", latency_ms=round(effect.latency * 1000, 1))
 
     async def _send(self, channel: Channel, text: str) -> bool:
         """Send to another party without letting it stall the sender for long.
@@ -195,6 +197,7 @@ class OverlayRuntime:
         if self.limiter is not None and not self.limiter.allow(channel.info.client_host, now):
             # Accept, then close: the real client throws if the upgrade itself is refused.
             self.metrics.dropped.labels("rate_limited").inc()
+            self.log.debug("join refused: rate limited", client=channel.info.client_host)
             await channel.close(CLOSE_TRY_AGAIN_LATER, "rate limited")
             return
         endpoint_id, effects = self.router.open_endpoint(now, channel)
@@ -204,11 +207,13 @@ class OverlayRuntime:
         self.metrics.joins.inc()
         self.metrics.prospects.inc()
         self.driver.poke()
+        self.log.debug("prospect connected", id=endpoint_id)
         try:
             await self._pump_prospect(channel)
         finally:
             self.router.closed(self.clock(), channel)
             self.metrics.prospects.dec()
+            self.log.debug("prospect closed", id=endpoint_id)
 
     async def _pump_prospect(self, channel: Channel) -> None:
         router = self.router
@@ -220,6 +225,7 @@ class OverlayRuntime:
                 parsed = decode(frame)
             except BadFrame as exc:
                 self.metrics.dropped.labels(exc.reason).inc()
+                self.log.debug("bad frame from a prospect", reason=exc.reason)
                 if self.settings.bad_message is BadMessagePolicy.CLOSE:
                     await channel.close(CLOSE_INVALID_DATA, "frame is not a JSON object")
                     return
@@ -236,6 +242,7 @@ class OverlayRuntime:
         path = channel.info.path.encode()
         if not hmac.compare_digest(path, self._secret_path):
             self.metrics.dropped.labels("wrong_secret").inc()
+            self.log.info("root refused: wrong secret", client=channel.info.client_host)
             await channel.refuse(403)
             return
         await channel.accept(self._first_subprotocol(channel))

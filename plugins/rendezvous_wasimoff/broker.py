@@ -69,6 +69,8 @@ class Broker:
                     await self._start(effect.to, effect.payload)
             elif type(effect) is Failed:
                 effect.task.error = "\n".join(effect.errors)
+                self.log.info("task failed", task=effect.task.id, kind=effect.task.kind, attempts=effect.task.attempts,
+                              error=effect.task.error[:200])
                 self.status.task_failed()
                 effect.task.event.set()
             elif type(effect) is Revoke:
@@ -87,6 +89,9 @@ class Broker:
     def _finish(self, task: TaskHandle, result: Message) -> None:
         task.result = result
         task.event.set()
+        outcome = result.WhichOneof("result") if "result" in result.DESCRIPTOR.oneofs_by_name else None
+        self.log.info("task done", task=task.id, kind=task.kind, result=outcome, attempts=task.attempts,
+                      ms=round((time.monotonic() - task.started) * 1000, 1))
         self._completions += 1
         self.metrics.completed.inc()
         self.metrics.execution.observe(time.monotonic() - task.started)

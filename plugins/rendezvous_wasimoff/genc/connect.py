@@ -10,11 +10,14 @@ import anyio.to_thread
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
+from rendezvous.observe.logging import get_logger
 from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.broker import Broker
 from rendezvous_wasimoff.storage import MemoryStorage, Unsupported
 from rendezvous_wasimoff.tasks import RpcError
+
+log = get_logger("rendezvous.wasimoff")
 
 PATH = "/api/client/wasimoff.v1.Tasks/"
 STATUS = {"invalid_argument": 400, "not_found": 404, "resource_exhausted": 429, "unknown": 500,
@@ -80,5 +83,6 @@ class ConnectRpc:
 
 
 def _error(code: str, message: str, status: int | None = None) -> HttpResponse:
+    log.debug("request refused", protocol="connect", code=code, reason=message[:200])
     body = json.dumps({"code": code, "message": message}).encode()
     return HttpResponse(status or STATUS.get(code, 500), body, (("content-type", "application/json"),))

@@ -50,6 +50,7 @@ async def http_exec(broker: Broker, request: HttpRequest) -> HttpResponse:
     except RpcError as exc:
         # The original answers every error 500; a request's own fault (a ref not in storage,
         # both or neither of blob and ref) is a 4xx here, as over ConnectRPC (Queue Full: 429).
+        broker.log.debug("request refused", path=request.path, code=exc.code, reason=exc.message[:200])
         return HttpResponse.text(STATUS.get(exc.code, 500), exc.message + "\n")
     reply_headers = [("x-wasimoff-provider", _header_value(result.info.provider))] if result.info.provider else []
     if result.WhichOneof("result") == "error":
