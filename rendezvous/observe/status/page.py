@@ -129,8 +129,8 @@ function ago(seconds) {
 // to the largest value; a null leaves a gap.
 function draw(c, times, series, m) {
   const span = Math.max(60, times.length ? -times[0] : 0);
-  let top = 0;
-  for (const v of series) if (v !== null && v > top) top = v;
+  let top = 0, any = false;
+  for (const v of series) if (v !== null) { any = true; if (v > top) top = v; }
   const scale = top > 0 ? top : 1;
   let line = "", area = "", run = [];
   const flush = () => {
@@ -150,7 +150,7 @@ function draw(c, times, series, m) {
   c.line.setAttribute("d", line);
   c.area.setAttribute("d", area);
   c.since.textContent = ago(span);
-  const [n, u] = shown(top, m);
+  const [n, u] = shown(any ? top : null, m);
   c.top.textContent = "max " + n + (u ? " " + u : "");
 }
 
