@@ -290,7 +290,8 @@ class SnowflakeRuntime:
     async def proxy_poll(self, request: HttpRequest) -> HttpResponse:
         try:
             poll = messages.decode_proxy_poll(request.body)
-        except BadRequest:
+        except BadRequest as exc:
+            self.log.debug("proxy poll refused", reason=str(exc)[:200])
             return HttpResponse(400)
         labels = {"nat": poll.nat, "type": poll.type}
         pattern = poll.accepted_relay_pattern
@@ -304,6 +305,7 @@ class SnowflakeRuntime:
         if pattern is None or not relay_pattern_accepted(pattern, self.settings.allowed_relay_pattern):
             self.descriptor.counts["proxy-poll-rejected-relay-url"] += 1
             self.prom.rejected_relay.inc(**labels)
+            self.log.debug("proxy poll refused", reason="relay pattern not allowed", pattern=(pattern or "")[:100])
             return HttpResponse(200, messages.encode_poll_reply(STATUS_BAD_RELAY), (TEXT,))
         ip = client_ip(request)
         if ip:
@@ -339,10 +341,12 @@ class SnowflakeRuntime:
     # -- /answer ----------------------------------------------------------------------------
     async def proxy_answer(self, request: HttpRequest) -> HttpResponse:
         if b"a=candidate" not in request.body:
+            self.log.debug("proxy answer refused", reason="no a=candidate in the answer")
             return HttpResponse(400)
         try:
             answer = messages.decode_proxy_answer(request.body)
-        except BadRequest:
+        except BadRequest as exc:
+            self.log.debug("proxy answer refused", reason=str(exc)[:200])
             return HttpResponse(400)
         # The client may wait on another node: the store delivers it there, and tells the proxy's type here.
         info, effects = await self.pairing.answer(self.clock(), answer.sid, answer.answer)
@@ -360,11 +364,13 @@ class SnowflakeRuntime:
         try:
             poll = messages.decode_client_poll(body)
         except BadRequest as exc:
+            self.log.debug("client request refused", method=method, reason=str(exc)[:200])
             return None, str(exc), ip
         if ip is None:  # AMP cache and SQS: the client is where its offer's best ICE candidate is
             ip = candidates.client_address(poll.offer)
         bridge = self.bridges.get(poll.fingerprint)
         if bridge is None:
+            self.log.debug("client request refused", method=method, reason=UNKNOWN_BRIDGE)
             return None, UNKNOWN_BRIDGE, ip
         country = self._country(ip)
         asker = _Waiting()
@@ -372,6 +378,7 @@ class SnowflakeRuntime:
                                                (poll.offer, poll.nat, bridge.websocket_address))
         if info is None:
             self._client_stats(method, country, poll.nat, "denied")
+            self.log.info("client denied: no proxies", method=method, nat=poll.nat)
             return None, STR_NO_PROXIES, ip
         self._execute(effects)
         try:
@@ -381,9 +388,11 @@ class SnowflakeRuntime:
                 await self._gone(asker)
         if asker.result is None:
             self._client_stats(method, country, poll.nat, "timeout")
+            self.log.info("client timed out waiting for an answer", method=method, nat=poll.nat)
             return None, STR_TIMED_OUT, ip
         self.status.rendezvous_done(self.clock() - arrived)
         self._client_stats(method, country, poll.nat, "matched")
+        self.log.info("client matched", method=method, nat=poll.nat, ms=round((self.clock() - arrived) * 1000, 1))
         return asker.result, None, ip
 
     async def sqs_offer(self, body: bytes) -> bytes:

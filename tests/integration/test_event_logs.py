@@ -77,3 +77,26 @@ async def test_wasimoff_task_outcomes_and_refusals(log_at):
     assert events["provider connected"]["level"] == "info"
     assert events["task done"]["result"] == "ok" and events["task done"]["ms"] >= 0
     assert events["request refused"]["level"] == "debug" and "Ref not found" in events["request refused"]["reason"]
+
+
+async def test_snowflake_rendezvous_outcomes_and_refusals(log_at):
+    from tests.integration.test_snowflake import answer, broker, client, offer, poll, wait_polling
+
+    import anyio
+
+    lines = log_at("debug")
+    async with broker("native", client_timeout=0.5) as srv, client() as http:
+        assert (await offer(http, srv)).json()["error"] == "no snowflake proxies currently available"
+        async with anyio.create_task_group() as tg:
+            async def proxy():
+                await poll(http, srv, "logsid", "unrestricted")
+                await answer(http, srv, "logsid")
+
+            tg.start_soon(proxy)
+            await wait_polling(srv)
+            assert "answer" in (await offer(http, srv)).json()
+        assert (await http.post(srv.url + "/proxy", content=b"{nope")).status_code == 400
+    events = {r["event"]: r for r in lines()}
+    assert events["client denied: no proxies"]["level"] == "info"
+    assert events["client matched"]["level"] == "info" and events["client matched"]["ms"] >= 0
+    assert events["proxy poll refused"]["level"] == "debug" and "invalid character" in events["proxy poll refused"]["reason"]
