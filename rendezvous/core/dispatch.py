@@ -20,11 +20,15 @@ import enum
 import heapq
 import itertools
 import math
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
+from typing import Generic, TypeVar
 
 import attrs
 
-from rendezvous.core.effects import Deliver, Effect, Failed, Party, Revoke
+from rendezvous.core.effects import Deliver, Effect, Failed, Revoke
+
+W = TypeVar("W")  # a worker party
+T = TypeVar("T")  # a task party
 
 
 class Policy(enum.Enum):
@@ -46,35 +50,35 @@ def wasimoff_retry_delay(attempt: int) -> float:
 
 
 @attrs.define(eq=False)
-class _Worker:
-    party: Hashable
+class _Worker(Generic[W, T]):
+    party: W
     name: str
     order: int
     capacity: int = 0
     files: set[str] = attrs.field(factory=set)
-    running: set[Hashable] = attrs.field(factory=set)
+    running: set[T] = attrs.field(factory=set)
     provides: frozenset[str] | None = None  # capabilities; None: every capability
 
     @property
     def free(self) -> bool:
         return len(self.running) < self.capacity
 
-    def can_take(self, t: _Task) -> bool:
+    def can_take(self, t: _Task[W, T]) -> bool:
         """A free slot and every capability ``t`` requires."""
         return self.free and (self.provides is None or t.requires <= self.provides)
 
 
 @attrs.define(eq=False)
-class _Task:
-    party: Hashable
+class _Task(Generic[W, T]):
+    party: T
     needs: frozenset[str]
     requires: frozenset[str] = frozenset()
     state: str = "queued"  # queued | leased | retrying | done
-    worker: _Worker | None = None
+    worker: _Worker[W, T] | None = None
     errors: list[str] = attrs.field(factory=list)
 
 
-class Dispatch:
+class Dispatch(Generic[W, T]):
     def __init__(
         self,
         *,
@@ -87,12 +91,12 @@ class Dispatch:
         self.queue_limit = queue_limit
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
-        self._workers: dict[Hashable, _Worker] = {}
-        self._tasks: dict[Hashable, _Task] = {}
+        self._workers: dict[W, _Worker[W, T]] = {}
+        self._tasks: dict[T, _Task[W, T]] = {}
         # Queued tasks in FIFO order, by party: a cancelled one leaves at once (O(1)), so it holds
         # neither a place nor its payload; a retried one is moved to the front.
-        self._queue: collections.OrderedDict[Hashable, _Task] = collections.OrderedDict()
-        self._retries: list[tuple[float, int, _Task]] = []
+        self._queue: collections.OrderedDict[T, _Task[W, T]] = collections.OrderedDict()
+        self._retries: list[tuple[float, int, _Task[W, T]]] = []
         self._seq = itertools.count()
         self._rr_next = 0
 
@@ -112,39 +116,39 @@ class Dispatch:
     def free_slots(self) -> int:
         return sum(max(0, w.capacity - len(w.running)) for w in self._workers.values())
 
-    def worker_of(self, task: Hashable) -> Hashable | None:
+    def worker_of(self, task: T) -> W | None:
         t = self._tasks.get(task)
         return t.worker.party if t is not None and t.worker is not None else None
 
     # -- workers -------------------------------------------------------------------------
-    def add_worker(self, now: float, worker: Hashable, name: str, files: Iterable[str] = (),
-                   provides: Iterable[str] | None = None) -> list[Effect]:
+    def add_worker(self, now: float, worker: W, name: str, files: Iterable[str] = (),
+                   provides: Iterable[str] | None = None) -> list[Effect[W | T]]:
         """``provides``: the capabilities this worker has (None: all); a task that ``requires``
         one it lacks is never given to it."""
         self._workers[worker] = _Worker(worker, name, next(self._seq), files=set(files),
                                         provides=None if provides is None else frozenset(provides))
         return self._assign(now)
 
-    def set_capacity(self, now: float, worker: Hashable, capacity: int) -> list[Effect]:
+    def set_capacity(self, now: float, worker: W, capacity: int) -> list[Effect[W | T]]:
         w = self._workers.get(worker)
         if w is None:
             return []
         w.capacity = max(0, capacity)
         return self._assign(now)
 
-    def update_files(self, now: float, worker: Hashable, added: Iterable[str] = (), removed: Iterable[str] = ()) -> list[Effect]:
+    def update_files(self, now: float, worker: W, added: Iterable[str] = (), removed: Iterable[str] = ()) -> list[Effect[W | T]]:
         w = self._workers.get(worker)
         if w is not None:
             w.files.update(added)
             w.files.difference_update(removed)
         return []
 
-    def remove_worker(self, now: float, worker: Hashable, reason: str = "provider disconnected") -> list[Effect]:
+    def remove_worker(self, now: float, worker: W, reason: str = "provider disconnected") -> list[Effect[W | T]]:
         """The worker is gone: everything it was running fails with a transport error (and retries)."""
         w = self._workers.pop(worker, None)
         if w is None:
             return []
-        effects: list[Effect] = []
+        effects: list[Effect[W | T]] = []
         for task_party in list(w.running):
             t = self._tasks.get(task_party)
             if t is not None:  # (a revoked task's slot simply goes away with the worker)
@@ -152,19 +156,19 @@ class Dispatch:
         return effects + self._assign(now)
 
     # -- tasks ---------------------------------------------------------------------------
-    def submit(self, now: float, task: Hashable, needs: Iterable[str] = (), requires: Iterable[str] = ()) -> list[Effect]:
+    def submit(self, now: float, task: T, needs: Iterable[str] = (), requires: Iterable[str] = ()) -> list[Effect[W | T]]:
         """Queue ``task``; raises :class:`QueueFull` at the bound.
 
         ``needs``: files it prefers a worker to hold (SimpleMatch); ``requires``: capabilities
         a worker must have. A task no free worker can take lets the tasks behind it pass."""
         if len(self._queue) >= self.queue_limit:
             raise QueueFull()
-        t = _Task(task, frozenset(needs), frozenset(requires))
+        t: _Task[W, T] = _Task(task, frozenset(needs), frozenset(requires))
         self._tasks[task] = t
         self._queue[task] = t
         return self._assign(now)
 
-    def completed(self, now: float, task: Hashable, worker: Hashable, result: object) -> list[Effect]:
+    def completed(self, now: float, task: T, worker: W, result: object) -> list[Effect[W | T]]:
         """``worker`` answered ``task`` with an application result (success or error): final."""
         t = self._tasks.get(task)
         if t is None or t.state != "leased" or t.worker is None or t.worker.party is not worker:
@@ -178,7 +182,7 @@ class Dispatch:
         del self._tasks[task]
         return [Deliver(task, result), *self._assign(now)]
 
-    def transport_error(self, now: float, task: Hashable, worker: Hashable, error: str) -> list[Effect]:
+    def transport_error(self, now: float, task: T, worker: W, error: str) -> list[Effect[W | T]]:
         """``worker`` could not run ``task`` (an Envelope error, a broken socket): retry elsewhere."""
         t = self._tasks.get(task)
         if t is None or t.state != "leased" or t.worker is None or t.worker.party is not worker:
@@ -189,13 +193,13 @@ class Dispatch:
             return []
         return self._transport_error(now, t, error) + self._assign(now)
 
-    def cancel(self, now: float, task: Hashable) -> list[Effect]:
+    def cancel(self, now: float, task: T) -> list[Effect[W | T]]:
         """The requester went away. A running task is revoked on its worker; its slot stays taken
         until the worker answers (it is still busy until then)."""
         t = self._tasks.pop(task, None)
         if t is None:
             return []
-        effects: list[Effect] = []
+        effects: list[Effect[W | T]] = []
         if t.state == "queued":
             del self._queue[task]
         elif t.state == "leased" and t.worker is not None:
@@ -204,11 +208,11 @@ class Dispatch:
         return effects
 
     # -- internals -----------------------------------------------------------------------
-    def _release(self, t: _Task) -> None:
+    def _release(self, t: _Task[W, T]) -> None:
         if t.worker is not None:
             t.worker.running.discard(t.party)
 
-    def _transport_error(self, now: float, t: _Task, error: str) -> list[Effect]:
+    def _transport_error(self, now: float, t: _Task[W, T], error: str) -> list[Effect[W | T]]:
         self._release(t)
         t.worker = None
         t.errors.append(error)
@@ -220,7 +224,7 @@ class Dispatch:
         heapq.heappush(self._retries, (now + self.retry_delay(len(t.errors)), next(self._seq), t))
         return []
 
-    def _pick(self, t: _Task) -> _Worker | None:
+    def _pick(self, t: _Task[W, T]) -> _Worker[W, T] | None:
         free = [w for w in self._workers.values() if w.can_take(t)]
         if not free:
             return None
@@ -240,9 +244,9 @@ class Dispatch:
             return None
         return min(free, key=lambda w: w.order)
 
-    def _assign(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
-        assigned: list[Party] = []
+    def _assign(self, now: float) -> list[Effect[W | T]]:
+        effects: list[Effect[W | T]] = []
+        assigned: list[T] = []
         passed = 0  # tasks whose capabilities no free worker has: later tasks may pass them
         for t in self._queue.values():
             w = self._pick(t)
@@ -261,7 +265,7 @@ class Dispatch:
         return effects
 
     # -- time ----------------------------------------------------------------------------
-    def advance(self, now: float) -> list[Effect]:
+    def advance(self, now: float) -> list[Effect[W | T]]:
         retries = self._retries
         requeued = False
         while retries and retries[0][0] <= now:

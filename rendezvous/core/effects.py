@@ -1,39 +1,43 @@
 """What a matcher asks its driver to do. Small frozen values, as in h11/wsproto events.
 
 Parties are opaque, hashable handles owned by whoever drives the matcher (a profile's
-connection object). A matcher never looks inside them.
+connection object). A matcher never looks inside them. The effects are generic in the party
+type: a ``Router[Channel]`` returns ``Effect[Channel]``, so its driver gets its own type back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
+from typing import Generic, TypeAlias, TypeVar
 
 import attrs
 
 Party = Hashable
+#: The party type of a matcher (any object; hashable at run time).
+P = TypeVar("P")
 
 
 @attrs.frozen
-class Deliver:
+class Deliver(Generic[P]):
     """Send ``payload`` to ``to``. ``origin`` names the sender, for codecs that stamp it."""
 
-    to: Party
+    to: P
     payload: object
     origin: str | None = None
 
 
 @attrs.frozen
-class Keepalive:
+class Keepalive(Generic[P]):
     """Send the protocol's keep-alive to ``to`` (the overlay's ``"heartbeat"``)."""
 
-    to: Party
+    to: P
 
 
 @attrs.frozen
-class Close:
+class Close(Generic[P]):
     """Close ``party`` with a WebSocket-style close code and reason."""
 
-    party: Party
+    party: P
     code: int
     reason: str = ""
 
@@ -46,26 +50,26 @@ class Dropped:
 
 
 @attrs.frozen
-class Revoke:
+class Revoke(Generic[P]):
     """Tell ``worker`` to stop ``task`` (its requester went away)."""
 
-    task: Party
-    worker: Party
+    task: P
+    worker: P
 
 
 @attrs.frozen
-class Failed:
+class Failed(Generic[P]):
     """``task`` failed for good; ``errors`` are the reasons, one per attempt."""
 
-    task: Party
+    task: P
     errors: tuple[str, ...]
 
 
 @attrs.frozen
-class Expired:
+class Expired(Generic[P]):
     """``party`` waited past its deadline; ``reason`` says which wait (e.g. ``"hold"``, ``"answer"``)."""
 
-    party: Party
+    party: P
     reason: str
 
 
@@ -76,4 +80,4 @@ class Answered:
     latency: float
 
 
-Effect = Deliver | Keepalive | Close | Dropped | Answered | Expired | Revoke | Failed
+Effect: TypeAlias = Deliver[P] | Keepalive[P] | Close[P] | Dropped | Answered | Expired[P] | Revoke[P] | Failed[P]

@@ -18,10 +18,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Hashable, Iterable
+from typing import Generic, cast
 
 import attrs
 
-from rendezvous.core.effects import Deliver, Dropped, Effect, Expired
+from rendezvous.core.effects import Deliver, Dropped, Effect, Expired, P
 
 WAITING, MATCHED, DONE = "waiting", "matched", "done"
 
@@ -52,30 +53,35 @@ def _in_pool(entry: tuple[float, int, _Waiter]) -> bool:
 
 
 @attrs.define(eq=False)
-class _Waiter:
+class _Waiter(Generic[P]):
     sid: Hashable
-    party: Hashable
+    party: P
     pool: Hashable
     order: float
     deadline: float
     info: object  # the caller's description of the waiter (type, NAT, ...): returned on draw
     state: str = WAITING
-    asker: Hashable = None
+    asker: P | None = None  # set once matched
+
+    @property
+    def matched_asker(self) -> P:
+        """The asker, for a matched waiter (every caller has checked the state)."""
+        return cast(P, self.asker)
 
 
-class Pairing:
+class Pairing(Generic[P]):
     def __init__(self, *, hold_timeout: float = 10.0, answer_timeout: float = 10.0) -> None:
         if hold_timeout <= 0 or answer_timeout <= 0:
             raise ValueError("timeouts must be positive")
         self.hold_timeout = hold_timeout
         self.answer_timeout = answer_timeout
         self._pools: dict[Hashable, _Pool] = {}
-        self._by_sid: dict[Hashable, _Waiter] = {}  # waiting, or matched and not finished
-        self._by_party: dict[Hashable, _Waiter] = {}  # waiting waiters and waiting askers
+        self._by_sid: dict[Hashable, _Waiter[P]] = {}  # waiting, or matched and not finished
+        self._by_party: dict[P, _Waiter[P]] = {}  # waiting waiters and waiting askers
         self._seq = itertools.count()
         # (time, seq, kind, waiter), lazily deleted: an entry is live while the waiter's state fits.
         # A waiter has one live deadline while it waits or is matched: ``_active`` counts them.
-        self._deadlines: list[tuple[float, int, str, _Waiter]] = []
+        self._deadlines: list[tuple[float, int, str, _Waiter[P]]] = []
         self._active = 0
 
     # -- introspection ---------------------------------------------------------------------
@@ -88,9 +94,9 @@ class Pairing:
         return [w.info for w in self._by_sid.values()]
 
     # -- waiters ---------------------------------------------------------------------------
-    def wait(self, now: float, sid: Hashable, party: Hashable, pool: Hashable, order: float, info: object = None) -> list[Effect]:
+    def wait(self, now: float, sid: Hashable, party: P, pool: Hashable, order: float, info: object = None) -> list[Effect[P]]:
         """A waiter polls: it joins ``pool`` for ``hold_timeout``. A reused sid takes over the id."""
-        effects: list[Effect] = []
+        effects: list[Effect[P]] = []
         old = self._by_sid.get(sid)
         if old is not None and old.state == WAITING:
             self._retire(old)
@@ -107,16 +113,16 @@ class Pairing:
         self._push_deadline(waiter.deadline, "hold", waiter)
         return effects
 
-    def answer(self, now: float, sid: Hashable, answer: object) -> list[Effect]:
+    def answer(self, now: float, sid: Hashable, answer: object) -> list[Effect[P]]:
         """The waiter with ``sid`` answers; its asker gets it, or ``Dropped("asker_gone")``."""
         waiter = self._by_sid.get(sid)
         if waiter is None or waiter.state != MATCHED:
             return [Dropped("asker_gone")]
         self._finish(waiter)
-        return [Deliver(waiter.asker, answer)]
+        return [Deliver(waiter.matched_asker, answer)]
 
     # -- askers ----------------------------------------------------------------------------
-    def ask(self, now: float, party: Hashable, pools: Iterable[Hashable], offer: object) -> tuple[object, list[Effect]]:
+    def ask(self, now: float, party: P, pools: Iterable[Hashable], offer: object) -> tuple[object, list[Effect[P]]]:
         """Draw the best waiter from the first pool of ``pools`` that has one.
 
         Returns the drawn waiter's ``info`` and ``Deliver(waiter, offer)``, or ``None`` and
@@ -139,7 +145,7 @@ class Pairing:
         return None, [Dropped("no_waiter")]
 
     # -- leaving -----------------------------------------------------------------------------
-    def gone(self, now: float, party: Hashable) -> list[Effect]:
+    def gone(self, now: float, party: P) -> list[Effect[P]]:
         """A waiter or an asker went away (disconnected). A waiter leaves its pool; an asker
         ends its match, so the late answer gets ``asker_gone``."""
         waiter = self._by_party.get(party)
@@ -156,24 +162,24 @@ class Pairing:
             return [Dropped("asker_gone")]
         return []
 
-    def _finish(self, waiter: _Waiter) -> None:
+    def _finish(self, waiter: _Waiter[P]) -> None:
         """A match ends (answered, timed out, or the asker left): forget it everywhere."""
         self._retire(waiter)
         if self._by_sid.get(waiter.sid) is waiter:
             del self._by_sid[waiter.sid]
-        if self._by_party.get(waiter.asker) is waiter:
-            del self._by_party[waiter.asker]
+        if self._by_party.get(waiter.matched_asker) is waiter:
+            del self._by_party[waiter.matched_asker]
 
-    def drain(self, now: float) -> list[Effect]:
+    def drain(self, now: float) -> list[Effect[P]]:
         """Shutting down: every waiting party expires now (waiters "hold", askers "answer")."""
-        effects: list[Effect] = []
+        effects: list[Effect[P]] = []
         for _, _, kind, waiter in sorted(self._deadlines, key=lambda d: d[:2]):
             if self._live(kind, waiter):
                 effects += self._expire(kind, waiter)
         self._deadlines.clear()
         return effects
 
-    def _expire(self, kind: str, waiter: _Waiter) -> list[Effect]:
+    def _expire(self, kind: str, waiter: _Waiter[P]) -> list[Effect[P]]:
         if kind == "hold":
             self._retire(waiter)
             if self._by_sid.get(waiter.sid) is waiter:
@@ -182,9 +188,9 @@ class Pairing:
                 del self._by_party[waiter.party]
             return [Expired(waiter.party, "hold")]
         self._finish(waiter)
-        return [Expired(waiter.asker, "answer")]
+        return [Expired(waiter.matched_asker, "answer")]
 
-    def _retire(self, waiter: _Waiter) -> None:
+    def _retire(self, waiter: _Waiter[P]) -> None:
         """A waiting or matched waiter is done: its heap entries go stale. Bound them."""
         was_waiting = waiter.state == WAITING
         waiter.state = DONE
@@ -193,19 +199,19 @@ class Pairing:
         self._active -= 1
         _compact(self._deadlines, self._active, self._live_deadline)
 
-    def _push_deadline(self, time: float, kind: str, waiter: _Waiter) -> None:
+    def _push_deadline(self, time: float, kind: str, waiter: _Waiter[P]) -> None:
         heapq.heappush(self._deadlines, (time, next(self._seq), kind, waiter))
         _compact(self._deadlines, self._active, self._live_deadline)
 
     # -- time --------------------------------------------------------------------------------
-    def _live(self, kind: str, waiter: _Waiter) -> bool:
+    def _live(self, kind: str, waiter: _Waiter[P]) -> bool:
         return waiter.state == (WAITING if kind == "hold" else MATCHED)
 
-    def _live_deadline(self, entry: tuple[float, int, str, _Waiter]) -> bool:
+    def _live_deadline(self, entry: tuple[float, int, str, _Waiter[P]]) -> bool:
         return self._live(entry[2], entry[3])
 
-    def advance(self, now: float) -> list[Effect]:
-        effects: list[Effect] = []
+    def advance(self, now: float) -> list[Effect[P]]:
+        effects: list[Effect[P]] = []
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, kind, waiter = heapq.heappop(deadlines)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Hashable
+from typing import Generic
 
 import attrs
 
-from rendezvous.core.effects import Answered, Close, Deliver, Dropped, Effect, Keepalive
+from rendezvous.core.effects import Answered, Close, Deliver, Dropped, Effect, Keepalive, P
 from rendezvous.core.ids import IdSource, random_ids
 
 # WebSocket close codes the router asks for (RFC 6455 §7.4.1).
@@ -39,20 +39,20 @@ class RootPolicy(enum.Enum):
 
 
 @attrs.define(eq=False)
-class _Endpoint:
-    party: Hashable
+class _Endpoint(Generic[P]):
+    party: P
     expires: float
     asked_at: float | None = None  # first message sent to the root, for answer latency
     answered: bool = False
 
 
 @attrs.define(eq=False)
-class _Root:
-    party: Hashable
+class _Root(Generic[P]):
+    party: P
     next_keepalive: float
 
 
-class Router:
+class Router(Generic[P]):
     """Routing state for one overlay (one secret)."""
 
     def __init__(
@@ -71,13 +71,13 @@ class Router:
         self.root_policy = root_policy
         self.max_endpoints = max_endpoints
         self._ids = ids or random_ids()
-        self._endpoints: dict[str, _Endpoint] = {}
-        self._ids_by_party: dict[Hashable, str] = {}
+        self._endpoints: dict[str, _Endpoint[P]] = {}
+        self._ids_by_party: dict[P, str] = {}
         # Lifetimes are all equal, so opening order is expiry order: a FIFO with lazy
         # deletion replaces a heap (O(1) per endpoint).
-        self._expiries: deque[tuple[float, str, Hashable]] = deque()
-        self._roots: dict[Hashable, _Root] = {}  # insertion order = connection order
-        self._current_root: Hashable | None = None
+        self._expiries: deque[tuple[float, str, P]] = deque()
+        self._roots: dict[P, _Root[P]] = {}  # insertion order = connection order
+        self._current_root: P | None = None
 
     # -- introspection -------------------------------------------------------------------
     @property
@@ -92,14 +92,14 @@ class Router:
     def root_count(self) -> int:
         return len(self._roots)
 
-    def is_root(self, party: Hashable) -> bool:
+    def is_root(self, party: P) -> bool:
         return party in self._roots
 
-    def endpoint_id(self, party: Hashable) -> str | None:
+    def endpoint_id(self, party: P) -> str | None:
         return self._ids_by_party.get(party)
 
     # -- lifecycle -----------------------------------------------------------------------
-    def open_endpoint(self, now: float, party: Hashable) -> tuple[str | None, list[Effect]]:
+    def open_endpoint(self, now: float, party: P) -> tuple[str | None, list[Effect[P]]]:
         """A newcomer connected. Returns its id, or ``None`` and a Close when the table is full."""
         if self.max_endpoints is not None and len(self._endpoints) >= self.max_endpoints:
             return None, [Dropped("endpoints_full"), Close(party, CLOSE_TRY_AGAIN_LATER, "too many prospects")]
@@ -112,7 +112,7 @@ class Router:
         self._expiries.append((expires, endpoint_id, party))
         return endpoint_id, []
 
-    def open_root(self, now: float, party: Hashable) -> list[Effect]:
+    def open_root(self, now: float, party: P) -> list[Effect[P]]:
         """A root connected (the secret was already checked by the profile)."""
         if self.root_policy is RootPolicy.REJECT and self._roots:
             return [Dropped("root_rejected"), Close(party, CLOSE_POLICY, "root already connected")]
@@ -120,7 +120,7 @@ class Router:
         self._current_root = party
         return []
 
-    def closed(self, now: float, party: Hashable) -> list[Effect]:
+    def closed(self, now: float, party: P) -> list[Effect[P]]:
         """A party went away (either side closed). Forget it; never routes to it again."""
         endpoint_id = self._ids_by_party.pop(party, None)
         if endpoint_id is not None:
@@ -133,7 +133,7 @@ class Router:
         return []
 
     # -- routing -------------------------------------------------------------------------
-    def route(self, now: float, sender: Hashable, destination: object, payload: object) -> list[Effect]:
+    def route(self, now: float, sender: P, destination: object, payload: object) -> list[Effect[P]]:
         """Route ``payload`` from endpoint ``sender``.
 
         A truthy ``destination`` names an endpoint; anything falsy (``None``, ``""``, ``0``,
@@ -147,7 +147,7 @@ class Router:
             target = self._endpoints.get(destination) if isinstance(destination, str) else None
             if target is None:
                 return [Dropped("unknown_destination")]
-            effects: list[Effect] = [Deliver(target.party, payload, origin)]
+            effects: list[Effect[P]] = [Deliver(target.party, payload, origin)]
             if not target.answered and target.asked_at is not None and destination != origin:
                 target.answered = True
                 effects.append(Answered(now - target.asked_at))
@@ -159,7 +159,7 @@ class Router:
             endpoint.asked_at = now
         return [Deliver(self._current_root, payload, origin)]
 
-    def route_unstamped(self, now: float, sender: Hashable, payload: object) -> list[Effect]:
+    def route_unstamped(self, now: float, sender: P, payload: object) -> list[Effect[P]]:
         """Forward ``payload`` to the root without routing by destination.
 
         For the original's quirk: JSON primitives from a prospect go to the root verbatim.
@@ -171,9 +171,9 @@ class Router:
         return [Deliver(self._current_root, payload, None)]
 
     # -- time ----------------------------------------------------------------------------
-    def advance(self, now: float) -> list[Effect]:
+    def advance(self, now: float) -> list[Effect[P]]:
         """Everything due by ``now``: endpoint lifetimes and root keep-alives."""
-        effects: list[Effect] = []
+        effects: list[Effect[P]] = []
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
             _, endpoint_id, party = expiries.popleft()
