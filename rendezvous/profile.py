@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 

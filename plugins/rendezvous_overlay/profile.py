@@ -8,7 +8,8 @@ import hmac
 import json
 import pathlib
 import secrets
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 from prometheus_client import Counter, Gauge, Histogram
@@ -90,7 +91,7 @@ class OverlayProfile:
             raise ConfigError(f'{path}: expected {{"secret": "<string>"}}')
         return {"secret": (data["secret"], path)}
 
-    def create(self, context: ProfileContext) -> "OverlayRuntime":
+    def create(self, context: ProfileContext) -> OverlayRuntime:
         return OverlayRuntime(context)
 
 
@@ -121,7 +122,7 @@ class OverlayRuntime:
         self.generated_secret = settings.secret is None
         self.secret = settings.secret if settings.secret is not None else secrets.token_hex(16)
         self._secret_path = ("/" + self.secret + ROOT_SUFFIX).encode()
-        self.router = Router(
+        self.router: Router[Channel] = Router(
             endpoint_lifetime=settings.timeout,
             keepalive_interval=settings.heartbeat_interval,
             root_policy=settings.root_policy,
@@ -230,7 +231,7 @@ class OverlayRuntime:
                     await channel.close(CLOSE_INVALID_DATA, "frame is not a JSON object")
                     return
                 continue
-            if type(parsed) is Opaque:
+            if isinstance(parsed, Opaque):
                 effects = router.route_unstamped(clock(), channel, parsed.value)
             elif not parsed.destination_valid:
                 effects = [Dropped("unknown_destination")]

@@ -10,7 +10,8 @@ import ipaddress
 import pathlib
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import anyio
 import attrs
@@ -26,8 +27,15 @@ from rendezvous_snowflake.bridges import DEFAULT_BRIDGES, UNKNOWN_BRIDGE, load_b
 from rendezvous_snowflake.geoip import UNKNOWN_COUNTRY, GeoIP
 from rendezvous_snowflake.ipcount import IPCountLog, parse_go_duration
 from rendezvous_snowflake.messages import (
-    NAT_RESTRICTED, NAT_UNKNOWN, NAT_UNRESTRICTED, STATUS_BAD_RELAY, STATUS_MATCH, STATUS_NO_MATCH,
-    STR_NO_PROXIES, STR_TIMED_OUT, BadRequest,
+    NAT_RESTRICTED,
+    NAT_UNKNOWN,
+    NAT_UNRESTRICTED,
+    STATUS_BAD_RELAY,
+    STATUS_MATCH,
+    STATUS_NO_MATCH,
+    STR_NO_PROXIES,
+    STR_TIMED_OUT,
+    BadRequest,
 )
 from rendezvous_snowflake.stats import Descriptor, Prometheus
 from rendezvous_snowflake.status import SnowflakeStatus
@@ -114,7 +122,7 @@ class SnowflakeProfile:
         if server.cert is None and not server.acme_hostnames and not settings.disable_tls:
             raise ConfigError("the --acme-hostnames, --cert and --key, or --disable-tls option is required")
 
-    def create(self, context: ProfileContext) -> "SnowflakeRuntime":
+    def create(self, context: ProfileContext) -> SnowflakeRuntime:
         return SnowflakeRuntime(context)
 
 
@@ -198,7 +206,7 @@ class SnowflakeRuntime:
             self.sqs = SqsRendezvous(s.broker_sqs_name, s.broker_sqs_region, self.sqs_offer, self.log)
         elif s.broker_sqs_region:
             self.log.warning("--broker-sqs-region without --broker-sqs-name: no SQS rendezvous")
-        any_method = frozenset()
+        any_method: frozenset[str] = frozenset()
         self.routes = [
             ExchangeRoute("/proxy", self._cors(self.proxy_poll), any_method, READ_LIMIT),
             ExchangeRoute("/client", self._cors(self.client_offer), any_method, READ_LIMIT),
@@ -413,7 +421,7 @@ class SnowflakeRuntime:
         answer, error, _ = await self._rendezvous(body, "http", client_ip(request))
         if not legacy:
             return HttpResponse(200, messages.encode_client_reply(answer, error), (TEXT,))
-        if error is None:
+        if error is None and answer is not None:  # (an answer comes without an error)
             return HttpResponse(200, answer.encode(), (TEXT,))
         if error == STR_NO_PROXIES:
             return HttpResponse(503)
@@ -424,6 +432,8 @@ class SnowflakeRuntime:
         return HttpResponse(400)
 
     async def amp_client(self, request: HttpRequest) -> HttpResponse:
+        answer: str | None
+        error: str | None
         try:
             body = amp.decode_path(request.path[len("/amp/client/"):])
         except amp.BadPath:
@@ -475,7 +485,7 @@ class SnowflakeRuntime:
 
     def dump_metrics(self) -> str:
         """Write one descriptor block (and reset the counters), as the Go broker does daily."""
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         text = self.descriptor.dump(now, int(self.settings.metrics_interval))
         self._write_descriptor(text)
         return text
@@ -524,7 +534,7 @@ class SnowflakeRuntime:
             parts = await self.reports.gather(period, part, grace=grace, ttl=ttl)
             if parts is None:
                 return None
-            text = Descriptor.merged(parts).dump(datetime.datetime.fromtimestamp(end, datetime.timezone.utc), int(interval))
+            text = Descriptor.merged(parts).dump(datetime.datetime.fromtimestamp(end, datetime.UTC), int(interval))
             await self.reports.publish(text)
         except BackendUnavailable as exc:
             self.log.error("metrics descriptor not written: backend unreachable", period=period, error=str(exc))

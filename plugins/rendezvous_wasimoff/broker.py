@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -22,8 +23,8 @@ from rendezvous.core import Deliver, Dispatch, Failed, QueueFull, Revoke
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Effect
 from rendezvous_wasimoff.metrics import Metrics
-from rendezvous_wasimoff.status import WasimoffStatus
 from rendezvous_wasimoff.settings import WasimoffSettings
+from rendezvous_wasimoff.status import WasimoffStatus
 from rendezvous_wasimoff.storage import open_storage
 from rendezvous_wasimoff.tasks import GenAExec, RpcError, TaskHandle
 from rendezvous_wasimoff.worker import Worker
@@ -35,7 +36,7 @@ class Broker:
         self.log = log
         self.clock = clock
         self.storage = open_storage(settings.filestorage)
-        self.dispatch = Dispatch(policy=settings.scheduler, queue_limit=settings.queue_limit,
+        self.dispatch: Dispatch[Worker, TaskHandle] = Dispatch(policy=settings.scheduler, queue_limit=settings.queue_limit,
                                  max_attempts=settings.max_attempts)
         self.driver = Driver(self.dispatch, self.execute, clock)
         self.metrics = Metrics(registry)
@@ -53,7 +54,7 @@ class Broker:
             task_status.started()  # spawn() works from here on
             await self.driver.run()
 
-    def spawn(self, function: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run ``function(*args)`` in the background, for as long as the broker runs."""
         assert self._tasks is not None, "the broker is not running"
         self._tasks.start_soon(function, *args)
@@ -66,7 +67,7 @@ class Broker:
                 if type(effect.to) is TaskHandle:  # a result for the task's client
                     self._finish(effect.to, effect.payload)
                 else:  # a task for a provider
-                    await self._start(effect.to, effect.payload)
+                    await self._start(effect.to, cast(TaskHandle, effect.payload))
             elif type(effect) is Failed:
                 effect.task.error = "\n".join(effect.errors)
                 self.log.info("task failed", task=effect.task.id, kind=effect.task.kind, attempts=effect.task.attempts,
@@ -217,4 +218,4 @@ class Broker:
                 task.release_payload()
         if task.error is not None:
             raise RpcError("unknown", task.error)
-        return task.result  # type: ignore[return-value]  # set before the event
+        return task.result  # set before the event

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from rendezvous import plugins
 from rendezvous.backends.base import (
-    Backend, BackendError, BackendSettings, BackendUnavailable, Codec, MsgpackCodec, PairingStore, ReportStore,
+    Backend,
+    BackendError,
+    BackendSettings,
+    BackendUnavailable,
+    Codec,
+    MsgpackCodec,
+    PairingStore,
+    ReportStore,
 )
 
 BACKENDS = "rendezvous.backends"

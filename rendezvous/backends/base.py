@@ -14,7 +14,8 @@ party held here). Either way they only ever name parties held on this node.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable, Hashable, Iterable, Protocol, Sequence, runtime_checkable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import attrs

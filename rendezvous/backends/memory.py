@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 import anyio
 
@@ -27,7 +28,7 @@ class MemoryPairingStore:
     """
 
     def __init__(self, *, hold_timeout: float, answer_timeout: float, clock: Clock = time.monotonic) -> None:
-        self._pairing = Pairing(hold_timeout=hold_timeout, answer_timeout=answer_timeout)
+        self._pairing: Pairing[Hashable] = Pairing(hold_timeout=hold_timeout, answer_timeout=answer_timeout)
         self.hold_timeout = hold_timeout
         self.answer_timeout = answer_timeout
         self._asker_info: dict[Hashable, Any] = {}

@@ -4,7 +4,8 @@ it, run it before the profiles, and answer ``/readyz`` from it."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any, AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import anyio
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -43,8 +44,9 @@ class Provider:
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         from websockets.asyncio.client import connect
+        from websockets.typing import Subprotocol
 
-        async with connect(self.ws_url, subprotocols=[SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON] if self.subprotocol == SUBPROTOCOL_PROTOBUF else [SUBPROTOCOL_JSON],
+        async with connect(self.ws_url, subprotocols=[Subprotocol(p) for p in (SUBPROTOCOL_PROTOBUF, SUBPROTOCOL_JSON) if p == self.subprotocol or p == SUBPROTOCOL_JSON],
                            user_agent_header=USER_AGENT, max_size=None, ping_interval=None) as ws:
             self._ws = ws
             self.report(f"connected to {self.broker} as {self.name}: {self.workers} slots, {ws.subprotocol}")

@@ -23,7 +23,7 @@ KEEP = 1000  # reports kept for /metrics (daily: almost three years)
 
 
 class RedisReportStore:
-    def __init__(self, node: "RedisBackend", ns: str, codec: Codec | None = None) -> None:
+    def __init__(self, node: RedisBackend, ns: str, codec: Codec | None = None) -> None:
         self._node = node
         self._mux = node.mux
         self._codec = codec or MsgpackCodec()
