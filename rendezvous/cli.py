@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TextIO
 import anyio
 import attrs
 
-from rendezvous import plugins
+from rendezvous import hooks, plugins
 from rendezvous.config import ServerSettings, load_config, profile_server_defaults, read_toml
 from rendezvous.errors import RendezvousError
 from rendezvous.settings import fields_of
@@ -142,8 +142,9 @@ def _serve(argv: Sequence[str]) -> int:
     # Profiles may give server settings the flag names their original uses (Go's -cert).
     server_aliases: dict[str, list[str]] = {}
     for profile in profiles.values():
-        for field, flags in getattr(profile, "server_flags", {}).items():
-            server_aliases.setdefault(field, []).extend(f for f in flags if f not in server_aliases.get(field, []))
+        for setting_name, flags in hooks.server_flags(profile).items():
+            aliases = server_aliases.setdefault(setting_name, [])
+            aliases.extend(f for f in flags if f not in aliases)
     _add_settings(parser.add_argument_group("server"), ServerSettings, "server.", server_aliases,
                   defaults=profile_server_defaults(profiles),
                   metavars={"http_server": "{" + ",".join(plugins.available(plugins.SERVERS)) + "}"})
@@ -156,7 +157,7 @@ def _serve(argv: Sequence[str]) -> int:
     for name, profile in profiles.items():
         group = parser.add_argument_group(f"profile {name}")
         _add_settings(group, profile.settings, f"{name}.", qualifier=name if len(profiles) > 1 else None, shared=shared)
-        if hasattr(profile, "add_arguments"):
+        if isinstance(profile, hooks.CliExtras):
             profile.add_arguments(parser)
     if "-h" not in argv and "--help" not in argv:
         problem = shared_flag_problem(argv, owners)
@@ -166,7 +167,7 @@ def _serve(argv: Sequence[str]) -> int:
     profile_values = {}
     for name, profile in profiles.items():
         values = _collect(args, f"{name}.")
-        if hasattr(profile, "values_from_arguments"):
+        if isinstance(profile, hooks.CliExtras):
             values = {**profile.values_from_arguments(args), **values}
         profile_values[name] = values
     config = load_config(

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from rendezvous import plugins
+from rendezvous import hooks, plugins
 from rendezvous.acme.issue import LETS_ENCRYPT
 from rendezvous.acme.policy import check_hostname, parse_listen_address
 from rendezvous.errors import ConfigError
@@ -199,7 +199,7 @@ def load_config(
             raise ConfigError(str(exc)) from None
     server_aliases: dict[str, list[str]] = {}
     for profile in loaded.values():
-        for field, env_names in getattr(profile, "server_env", {}).items():
+        for field, env_names in hooks.server_env(profile).items():
             server_aliases.setdefault(field, []).extend(env_names)
     server_from_profiles: Values = {}
     profiles: dict[str, Any] = {}
@@ -234,7 +234,7 @@ def load_config(
         if mounted not in profiles:
             raise ConfigError(f"server.mount: {mounted!r} is not one of the profiles served ({', '.join(profiles)})")
     for name, profile in loaded.items():
-        if hasattr(profile, "validate"):
+        if isinstance(profile, hooks.Validates):
             try:
                 profile.validate(profiles[name], server)
             except ValueError as exc:
@@ -244,7 +244,7 @@ def load_config(
 
 
 def _server_values(profile: Any, settings: Any, name: str) -> Values:
-    if not hasattr(profile, "server_values"):
+    if not isinstance(profile, hooks.ServerValues):
         return {}
     try:
         return dict(profile.server_values(settings))
@@ -283,7 +283,7 @@ def profile_server_defaults(loaded: Mapping[str, Any], settings: Mapping[str, An
     framework's own default stays (``0.0.0.0``, docs/operations.md)."""
     wanted: dict[str, dict[str, tuple[Any, str]]] = {}
     for name, profile in loaded.items():
-        for field, value in getattr(profile, "server_defaults", {}).items():
+        for field, value in hooks.server_defaults(profile).items():
             wanted.setdefault(field, {})[name] = (value, f"{name}'s default")
         defaults = _untouched_server_values(profile, name) if settings is None else (
             _split_server_values(profile, settings[name], name)[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import signal
 import socket
 import time
@@ -14,7 +15,7 @@ import anyio
 import attrs
 import structlog
 
-from rendezvous import plugins
+from rendezvous import hooks, plugins
 from rendezvous.app import App, DuplicateRoute
 from rendezvous.backends import serving as backends
 from rendezvous.config import Config, load_config
@@ -306,9 +307,8 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
                 with anyio.CancelScope(shield=True):
                     for runtime in runtimes.values():
                         # Let profiles answer what is waiting (long-polls) before the server stops.
-                        stop = getattr(runtime, "shutdown", None)
-                        if stop is not None:
-                            await stop()
+                        if isinstance(runtime, hooks.ShutsDown):
+                            await runtime.shutdown()
                     unique = {id(t): t for app in apps for t in app.transports}
                     if webtransport is not None:
                         unique[id(webtransport)] = webtransport
@@ -425,9 +425,8 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
                 log.info("webtransport", url=server.listening["webtransport"], sha256=server.webtransport.certificate.sha256,
                          ephemeral=server.webtransport.certificate.ephemeral)
             for name, runtime in server.runtimes.items():
-                describe = getattr(runtime, "describe", None)
-                if describe is not None:
-                    for event, fields in describe(server.bound_urls[name]):
+                if isinstance(runtime, hooks.Describes):
+                    for event, fields in runtime.describe(server.bound_urls[name]):
                         log.info(event, profile=name, **fields)
             if ready is not None:
                 ready(server)
@@ -435,10 +434,9 @@ async def serve(config: Config, *, ready: Callable[[RunningServer], None] | None
                 if signum == signal.SIGHUP:
                     # Profiles re-read what their original re-reads on SIGHUP (Snowflake: GeoIP).
                     for runtime in server.runtimes.values():
-                        reload = getattr(runtime, "reload", None)
-                        if reload is not None:
-                            result = reload()
-                            if hasattr(result, "__await__"):
+                        if isinstance(runtime, hooks.Reloads):
+                            result = runtime.reload()
+                            if inspect.isawaitable(result):
                                 await result
                     log.info("reloaded", signal="SIGHUP")
                     continue

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from rendezvous import hooks
 from rendezvous.backends import BackendSettings, BackendUnavailable, create_backend
 from rendezvous.backends.base import Backend
 from rendezvous.errors import ConfigError, PluginError, RendezvousError
@@ -27,7 +28,7 @@ def for_server(settings: Any, profiles: Mapping[str, Any]) -> Backend:
         raise ConfigError(f"server.backend: {exc}") from None
     if backend.distributed:
         for name, profile in profiles.items():
-            if not getattr(profile, "distributed", False):
+            if not hooks.is_distributed(profile):
                 raise ConfigError(f"server.backend: the {name} profile does not support a distributed backend "
                                   f"({backend.name}); serve it with backend = \"memory\"")
     return backend

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from rendezvous import hooks
 from rendezvous.observe import logging as rlog
 from rendezvous.observe.status.history import StatusHistory
 from rendezvous.observe.status.page import SCRIPT, STYLE, TEMPLATE
@@ -50,7 +51,8 @@ class StatusPage:
     def __init__(self, runtimes: Mapping[str, Any], clock: Callable[[], float] = time.monotonic, *,
                  interval: float = 1.0, keep: float = 600.0, step: float = 5.0,
                  wall: Callable[[], float] = time.time) -> None:
-        self.sources = {name: getattr(runtime, "status", None) for name, runtime in runtimes.items()}
+        self.sources = {name: runtime.status if isinstance(runtime, hooks.HasStatus) else None
+                        for name, runtime in runtimes.items()}
         self.histories = {name: StatusHistory(keep, step, interval) for name in runtimes}
         self.clock, self.wall = clock, wall
         self.interval, self.keep, self.step = interval, keep, step
