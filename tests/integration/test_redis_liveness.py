@@ -103,3 +103,22 @@ async def test_a_waiter_on_a_node_that_cannot_reach_redis_gets_no_match_at_once(
                 assert await a.store.known() == []
     finally:
         server.stop()
+
+
+async def test_what_a_dead_nodes_askers_matched_is_reaped_and_stale_index_members_are_tidied(redis_server, redis_prefix):
+    """A node dies while its client waits for a proxy's answer: the match is dropped at the next
+    reap (not left to its TTL), and the proxy's late answer is refused as before. Index members
+    whose records went another way (a call lost while Redis was away) leave their sets."""
+    P = f"{redis_prefix}:{{sf}}"
+    async with redis_nodes(redis_server.url, redis_prefix, 2, node_ttl=TTL) as (a, b):
+        await b.wait(0.0, "s1", "proxy1")
+        await a.ask(0.0, "client", offer="o")  # A's client matched with B's proxy
+        await wait_until(lambda: b.got("proxy1"))
+        a.backend.suspend_heartbeat()  # A dies (as far as Redis can tell)
+        await wait_until(lambda: redis_server.command("EXISTS", f"{P}:w:s1") == b":0\r\n", timeout=3)
+        assert redis_server.command("SCARD", f"{P}:n:{b.backend.node_id}") == b":0\r\n"
+        assert await b.answer(1.0, "s1", "late") == (None, [Dropped("asker_gone")])
+        for index in ("n", "a"):  # members without a record, as a lost call would leave them
+            redis_server.command("SADD", f"{P}:{index}:{b.backend.node_id}", "ghost")
+        await wait_until(lambda: redis_server.command("EXISTS", f"{P}:n:{b.backend.node_id}") == b":0\r\n"
+                         and redis_server.command("EXISTS", f"{P}:a:{b.backend.node_id}") == b":0\r\n", timeout=3)

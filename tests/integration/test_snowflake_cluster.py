@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest

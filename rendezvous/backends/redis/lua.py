@@ -10,7 +10,10 @@ digits of a ticket + the sid, so equal orders pop first come, first served); ``P
 {state = waiting | matched | answered | done, node, epoch, wt (the waiter's token on its
 node), pool, m (its pool member), info, an/ae/at (the asker's node, epoch, token), offer,
 answer}; ``P:seq`` ticket counter; ``P:n:<node>`` SET of sids that node's waiters hold
-(waiting or matched); ``P:nodes`` SET of nodes that have such a set (for the reaper).
+(waiting or matched); ``P:a:<node>`` SET of sids that node's askers matched (matched or
+answered); ``P:nodes`` SET of nodes that have such sets (for the reaper). The two index sets
+lose a member with the script that ends its state; what a record's TTL ends instead (an asker
+whose node died, a call lost while Redis was away) is reaped, forgotten or tidied.
 Bus frames (msgpack): ``[kind, ns, epoch, token, payload]`` with kind ``o`` (an offer for a
 waiter), ``a`` (an answer for an asker), ``r`` (a waiter replaced by a reused sid).
 """
@@ -90,6 +93,8 @@ for i = 11, #ARGV do
       if alive(w[2], w[3]) then
         redis.call('HSET', wkey, 'state', 'matched', 'an', NODE, 'ae', EPOCH, 'at', ARGV[7], 'offer', ARGV[8])
         redis.call('PEXPIRE', wkey, ARGV[9])
+        redis.call('SADD', P .. ':a:' .. NODE, sid)
+        redis.call('SADD', P .. ':nodes', NODE)
         if w[2] ~= NODE or w[3] ~= EPOCH then publish(w[2], 'o', w[3], w[4], ARGV[8]) end
         return {sid, w[2], w[3], w[4], w[6]}
       end
@@ -125,9 +130,14 @@ local wkey = P .. ':w:' .. sid
 local w = redis.call('HMGET', wkey, 'state', 'an', 'ae', 'at', 'info', 'node')
 if w[1] ~= 'matched' then return false end
 redis.call('SREM', P .. ':n:' .. w[6], sid)
-if not alive(w[2], w[3]) then redis.call('DEL', wkey) return false end
+if not alive(w[2], w[3]) then
+  redis.call('DEL', wkey)
+  redis.call('SREM', P .. ':a:' .. w[2], sid)
+  return false
+end
 if w[2] == NODE and w[3] == EPOCH then
   redis.call('DEL', wkey)
+  redis.call('SREM', P .. ':a:' .. NODE, sid)
 else
   redis.call('HSET', wkey, 'state', 'answered', 'answer', ARGV[8])
   redis.call('PEXPIRE', wkey, ARGV[9])
@@ -148,9 +158,14 @@ if w[1] == 'matched' then
   redis.call('HSET', wkey, 'state', 'done')
   if ARGV[9] then redis.call('PEXPIRE', wkey, ARGV[9]) end
   redis.call('SREM', P .. ':n:' .. w[6], sid)
+  redis.call('SREM', P .. ':a:' .. NODE, sid)
   return 1
 end
-if w[1] == 'answered' then redis.call('DEL', wkey) return {w[5]} end
+if w[1] == 'answered' then
+  redis.call('DEL', wkey)
+  redis.call('SREM', P .. ':a:' .. NODE, sid)
+  return {w[5]}
+end
 return 0
 """)
 
@@ -176,14 +191,15 @@ end
 return out
 """)
 
-# reap(max) -> 1 (more to do) | 0: the waiting records of dead nodes leave their pools.
-# Garbage collection only: claims already skip them, so correctness never waits for this.
-# Matched records stay (their proxy may still answer through a live node) until their TTL.
+# reap(max) -> 1 (more to do) | 0: what dead nodes left. Their waiting records leave the pools
+# (claims already skip them, so correctness never waits for this); the records their askers
+# matched are dropped (an answer to them is refused either way, "client gone"). Records of a dead
+# node's waiters that a live asker matched stay: that proxy may still answer through a live node.
 SF_REAP = Script("sf_reap", _PAIRING + """
 local budget = tonumber(ARGV[7])
 for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
   if redis.call('EXISTS', NK .. node) == 0 then
-    local nkey = P .. ':n:' .. node
+    local nkey, akey = P .. ':n:' .. node, P .. ':a:' .. node
     for _, sid in ipairs(redis.call('SPOP', nkey, budget)) do
       local wkey = P .. ':w:' .. sid
       local w = redis.call('HMGET', wkey, 'state', 'node', 'pool', 'm')
@@ -193,19 +209,29 @@ for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
       end
       budget = budget - 1
     end
-    if redis.call('SCARD', nkey) == 0 then redis.call('SREM', P .. ':nodes', node) end
+    for _, sid in ipairs(redis.call('SPOP', akey, math.max(budget, 1))) do
+      local wkey = P .. ':w:' .. sid
+      local w = redis.call('HMGET', wkey, 'state', 'an', 'node')
+      if (w[1] == 'matched' or w[1] == 'answered') and w[2] == node then
+        redis.call('SREM', P .. ':n:' .. w[3], sid)
+        redis.call('DEL', wkey)
+      end
+      budget = budget - 1
+    end
+    if redis.call('SCARD', nkey) == 0 and redis.call('SCARD', akey) == 0 then redis.call('SREM', P .. ':nodes', node) end
     if budget <= 0 then return 1 end
   end
 end
 return 0
 """)
 
-# forget(old_epoch, max) -> 1 (more to do) | 0: after this node was fenced, its waiting records of the
-# old epoch leave their pools (another node may have reaped them already, or not if this node came
-# back before a reap ran). Matched ones stay: their proxy may still answer through a live node.
+# forget(old_epoch, max) -> 1 (more to do) | 0: after this node was fenced, what it held under
+# the old epoch (another node may have reaped it already, or not if this node came back before a
+# reap ran): its waiting records leave their pools, the records its askers matched are dropped.
+# Matched records of its waiters stay: their proxy may still answer through a live node.
 SF_FORGET = Script("sf_forget", _PAIRING + """
 local old, budget = ARGV[7], tonumber(ARGV[8])
-local nkey = P .. ':n:' .. NODE
+local nkey, akey = P .. ':n:' .. NODE, P .. ':a:' .. NODE
 for _, sid in ipairs(redis.call('SMEMBERS', nkey)) do
   local wkey = P .. ':w:' .. sid
   local w = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'pool', 'm')
@@ -221,8 +247,41 @@ for _, sid in ipairs(redis.call('SMEMBERS', nkey)) do
     if budget <= 0 then return 1 end
   end
 end
+for _, sid in ipairs(redis.call('SMEMBERS', akey)) do
+  local wkey = P .. ':w:' .. sid
+  local w = redis.call('HMGET', wkey, 'state', 'an', 'ae', 'node')
+  if w[2] ~= NODE then
+    redis.call('SREM', akey, sid)
+  elseif w[3] == old then
+    redis.call('SREM', P .. ':n:' .. w[4], sid)
+    redis.call('DEL', wkey)
+    redis.call('SREM', akey, sid)
+    budget = budget - 1
+    if budget <= 0 then return 1 end
+  end
+end
 return 0
 """)
 
-PAIRING_SCRIPTS = (SF_WAIT, SF_CLAIM, SF_WITHDRAW, SF_ANSWER, SF_ASKER_END, SF_KNOWN, SF_REAP, SF_FORGET)
+# tidy(cursor_n, cursor_a, count) -> {cursor_n, cursor_a}: a few members of this node's index sets
+# (SSCAN, ``count`` at a time, resumed at the next call) whose record has gone another way (its
+# TTL ran out while a call was lost, say) leave their set. Run at every beat, so no member
+# outlives its record for long whatever happened, and no call runs long.
+SF_TIDY = Script("sf_tidy", _PAIRING + """
+local count = ARGV[9]
+local nkey, akey = P .. ':n:' .. NODE, P .. ':a:' .. NODE
+local n = redis.call('SSCAN', nkey, ARGV[7], 'COUNT', count)
+for _, sid in ipairs(n[2]) do
+  local w = redis.call('HMGET', P .. ':w:' .. sid, 'state', 'node')
+  if w[2] ~= NODE or (w[1] ~= 'waiting' and w[1] ~= 'matched') then redis.call('SREM', nkey, sid) end
+end
+local a = redis.call('SSCAN', akey, ARGV[8], 'COUNT', count)
+for _, sid in ipairs(a[2]) do
+  local w = redis.call('HMGET', P .. ':w:' .. sid, 'state', 'an')
+  if w[2] ~= NODE or (w[1] ~= 'matched' and w[1] ~= 'answered') then redis.call('SREM', akey, sid) end
+end
+return {n[1], a[1]}
+""")
+
+PAIRING_SCRIPTS = (SF_WAIT, SF_CLAIM, SF_WITHDRAW, SF_ANSWER, SF_ASKER_END, SF_KNOWN, SF_REAP, SF_FORGET, SF_TIDY)
 ALL = (NODE_BEAT, NODE_LEAVE, *PAIRING_SCRIPTS)

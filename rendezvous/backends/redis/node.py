@@ -19,11 +19,13 @@ they hold after the inbox reconnects. While Redis is unreachable the node is not
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import secrets
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import msgpack
@@ -32,12 +34,11 @@ from redis.exceptions import RedisError
 
 from rendezvous.backends.base import BackendError, BackendSettings, BackendUnavailable, Clock, Codec
 from rendezvous.backends.redis import lua
-from rendezvous.backends.redis.mux import Late, Mux, connection_factory, describe, reconnecting
+from rendezvous.backends.redis.mux import Late, Mux, Replies, connection_factory, describe, reconnecting
 from rendezvous.backends.redis.pairing import RedisPairingStore
 from rendezvous.backends.redis.reports import RedisReportStore
 from rendezvous.core.effects import Effect
 from rendezvous.errors import ConfigError
-
 
 
 class RedisBackend:
@@ -65,7 +66,10 @@ class RedisBackend:
         self._subscribed = False
         self._beating = True
         self._forget: list[str] = []  # epochs of this node's earlier lives whose waiting records may be left
-        self._late_send, self._late_receive = anyio.create_memory_object_stream[tuple[Any, Sequence[Effect]]](math.inf)
+        self._emitted: collections.deque[tuple[Any, Sequence[Effect]]] = collections.deque()  # effects to execute
+        self._late_waiter: asyncio.Future | None = None
+        self._frames: Replies | None = None
+        self._subscribing: asyncio.Future | None = None  # the SUBSCRIBE's confirmation
 
     def _new_epoch(self) -> None:
         self.epoch = secrets.token_hex(8)
@@ -162,9 +166,10 @@ class RedisBackend:
                     self._confirmed = True
                 elif state == -1:
                     raise BackendError(f"node id {self.node_id!r} was taken by another node while this one was cut off")
-                else:  # garbage collection: dead nodes' pool entries, this node's from before a fence
+                else:  # garbage collection: what dead nodes left, this node's from before a fence
                     for store in list(self._stores.values()):
                         await store.reap()
+                        await store.tidy()
                     while self._forget:
                         for store in list(self._stores.values()):
                             await store.forget(self._forget[0])
@@ -196,11 +201,21 @@ class RedisBackend:
         await reconnecting(self._subscribe, self._listen, name=f"redis at {self.where}", task_status=task_status)
 
     async def _subscribe(self) -> Any:
+        """Connect and SUBSCRIBE; frames are then parsed as they arrive (:class:`Replies`)."""
         conn = self._connect()
         try:
             await conn.connect()
-            await conn.send_command("SUBSCRIBE", self.inbox_prefix + self.node_id)
-            await conn.read_response(timeout=math.inf)
+            channel = self.inbox_prefix + self.node_id
+            frames = self._frames = Replies.take(conn, self._frame)
+            if frames is None:  # (without hiredis: redis-py reads, in _listen)
+                await conn.send_command("SUBSCRIBE", channel)
+                await conn.read_response(timeout=math.inf)
+                return conn
+            self._subscribing = asyncio.get_running_loop().create_future()
+            frames.transport.write(conn.pack_command("SUBSCRIBE", channel)[0])
+            done, _ = await asyncio.wait((self._subscribing, frames.lost), return_when=asyncio.FIRST_COMPLETED)
+            if frames.lost in done:
+                frames.lost.result()  # raises: lost before the subscription was confirmed
         except BaseException:
             await conn.disconnect(nowait=True)
             raise
@@ -212,31 +227,46 @@ class RedisBackend:
             if not first:  # frames sent while the inbox was away are lost: read the records instead
                 for store in list(self._stores.values()):
                     await self._execute(store, await store.resync())
+            if self._frames is not None:
+                await self._frames.lost
             while True:
-                frame = await conn.read_response(disable_decoding=True, timeout=math.inf)
-                if frame[0] == b"message":
-                    await self._deliver(frame[2])
+                self._frame(await conn.read_response(disable_decoding=True, timeout=math.inf))
         except (RedisError, OSError) as exc:
             self.log.warning("redis backend: inbox connection lost", error=str(exc))
             raise
         finally:
             self._subscribed = False
 
-    async def _deliver(self, frame: bytes) -> None:
+    def _frame(self, reply: Any) -> None:
+        """One reply on the inbox connection: a bus frame, or the subscription's confirmation."""
+        if reply[0] != b"message":
+            if reply[0] == b"subscribe" and self._subscribing is not None and not self._subscribing.done():
+                self._subscribing.set_result(None)
+            return
         try:
-            kind, ns, epoch, token, payload = msgpack.unpackb(frame, raw=True)
+            kind, ns, epoch, token, payload = msgpack.unpackb(reply[2], raw=True)
         except (ValueError, TypeError, msgpack.UnpackException):
             self.log.warning("redis backend: malformed bus frame dropped")
             return
         if epoch != self.epoch_b:
             return  # for an earlier life of this node
         store = self._stores.get(ns)
-        if store is not None:
-            await self._execute(store, store.on_message(kind, int(token), payload))
+        if store is None:
+            return
+        try:
+            effects = store.on_message(kind, int(token), payload)
+        except Exception:  # a store bug must not take the inbox down
+            self.log.exception("redis backend: handling a bus frame failed")
+            return
+        if effects:
+            self.emit(store, effects)
 
     # -- effects that no call returns --------------------------------------------------------------
     def emit(self, store: Any, effects: Sequence[Effect]) -> None:
-        self._late_send.send_nowait((store, effects))
+        self._emitted.append((store, effects))
+        waiter = self._late_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _late(self, late: Late, reply: Any) -> None:
         try:
@@ -245,8 +275,16 @@ class RedisBackend:
             self.log.exception("redis backend: handling a late reply failed")
 
     async def _deliver_late(self) -> None:
-        async for store, effects in self._late_receive:
-            await self._execute(store, effects)
+        emitted, loop = self._emitted, asyncio.get_running_loop()
+        while True:
+            while emitted:
+                store, effects = emitted.popleft()
+                await self._execute(store, effects)
+            self._late_waiter = loop.create_future()
+            try:
+                await self._late_waiter
+            finally:
+                self._late_waiter = None
 
     async def _execute(self, store: Any, effects: Sequence[Effect]) -> None:
         if not effects:

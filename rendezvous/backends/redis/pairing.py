@@ -33,7 +33,8 @@ import heapq
 import itertools
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from redis.exceptions import RedisError
@@ -69,7 +70,7 @@ def _score(order: float) -> str:
 
 
 class RedisPairingStore:
-    def __init__(self, node: "RedisBackend", ns: str, *, hold_timeout: float, answer_timeout: float,
+    def __init__(self, node: RedisBackend, ns: str, *, hold_timeout: float, answer_timeout: float,
                  clock: Clock = time.monotonic, codec: Codec | None = None) -> None:
         if hold_timeout <= 0 or answer_timeout <= 0:
             raise ValueError("timeouts must be positive")
@@ -82,6 +83,7 @@ class RedisPairingStore:
         self._key = f"{node.settings.prefix}:{{{ns}}}"
         self._ttl_ms = int((hold_timeout + answer_timeout) * 1000) + 5000
         self._match_ttl_ms = int(max(hold_timeout, answer_timeout) * 1000) + 2000
+        self._tidy_cursors: tuple[Any, Any] = (0, 0)  # SSCAN cursors of the index sets, resumed at each tidy
         self._held: dict[int, _Held] = {}  # by token
         self._by_party: dict[Hashable, _Held] = {}
         self._deadlines: list[tuple[float, int, _Held]] = []
@@ -164,6 +166,9 @@ class RedisPairingStore:
             return []  # resolved already (by a reply or a timer's script): exactly once
         if kind == b"r":
             return [Expired(held.party, "replaced")]
+        if kind == b"a" and held.sid is not None:  # delivered: the answered record has served its purpose
+            # (without a sid yet, the claim's reply is still on its way: it ends the record then)
+            self._mux.send(lua.SF_ASKER_END, *self._head(), held.token, held.sid, self._match_ttl_ms)
         return [Deliver(held.party, self._codec.loads(payload))]
 
     def fence(self) -> list[Effect]:
@@ -203,6 +208,11 @@ class RedisPairingStore:
         """Garbage-collect the pool entries of dead nodes (run at every beat by every live node)."""
         while await self._mux.eval(lua.SF_REAP, *self._head(), 500) == 1:
             pass
+
+    async def tidy(self) -> None:
+        """The next few members of this node's index sets whose records went another way leave
+        them (run at every beat; a full pass over the sets takes a few beats)."""
+        self._tidy_cursors = tuple(await self._mux.eval(lua.SF_TIDY, *self._head(), *self._tidy_cursors, 100))
 
     async def forget(self, old_epoch: str) -> None:
         """After a fence (under the new epoch, before registering it): take this node's waiting

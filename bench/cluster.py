@@ -1,0 +1,462 @@
+"""Snowflake cluster benchmark: the memory backend against 1, 2 and 4 nodes on the redis backend.
+
+One JSON line per measurement:
+
+  {"bench":"cluster","metric":"cpu",...}      a fixed load below saturation (--rate rendezvous/s), requests
+                                              on random nodes: broker CPU per rendezvous (all nodes) and
+                                              redis-server CPU per rendezvous, for memory x1, redis x1, x2, x4
+  {"bench":"cluster","metric":"scaling",...}  saturating load, each node held to the same CPU share (--share of
+                                              a core; x4 at half of it each, so the four together have what x2
+                                              has): rendezvous/s, and the ratios the targets name
+  {"bench":"cluster","metric":"latency",...}  a light load (--latency-rate): client p50/p99 for memory x1 and for
+                                              redis x3 with every rendezvous across three nodes (poll on A,
+                                              client on B, answer on C); the added p50/p99
+  {"bench":"cluster","metric":"kill",...}     redis x3 at --kill-rate, one node killed with SIGKILL after 4 s:
+                                              client outcomes by cause, time until >= 99 % of the clients that
+                                              reach a live node succeed again, time until the keys in Redis
+                                              are back at their baseline
+
+How the CPU share is held (the "share_method" field): cgroup v1 (cpu.cfs_quota_us under
+/sys/fs/cgroup/cpu) or cgroup v2 (cpu.max) where writable, a group per node with a 20 ms period;
+otherwise every node is pinned to the server core with taskset and the shares are not equal (said so).
+Brokers run on core 0, the generator and redis-server on core 1 (as bench/snowflake.py, plus Redis away
+from the brokers, as on another host; on their core every send to it switched to it at once); every line
+carries generator_cpu_pct (near 100: the generator was the limit, not the brokers). A load balancer is
+simulated: requests go to random live nodes, and a node that refuses a connection leaves the rotation.
+
+Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 at the same share; broker CPU
+per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
+
+Usage: python bench/cluster.py [--metrics cpu,scaling,latency,kill] [--rate 400] [--share 0.25]
+                               [--duration 10] [--latency-rate 50] [--kill-rate 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from common import GENERATOR_CORE, cpu_seconds, free_port, prepare_generator, start_pinned
+from httpclient import HttpConnection, connect
+
+PATTERN = "snowflake.torproject.net$"
+FINGERPRINT = "2B280B23E1107BB62ABFC40DDCC8824814F80A72"
+BRIDGE = {"displayName": "default", "webSocketAddress": "wss://snowflake.torproject.net/", "fingerprint": FINGERPRINT}
+SDP = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n" + "a=x-pad:" + "y" * 900 + "\r\na=candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host\r\n"
+CLIENT_BODY = b"1.0\n" + json.dumps({"offer": json.dumps({"type": "offer", "sdp": SDP}), "nat": "unrestricted",
+                                     "fingerprint": FINGERPRINT}).encode()
+ANSWER = json.dumps({"type": "answer", "sdp": SDP})
+PERIOD_US = 20_000
+
+
+# -- the machine ----------------------------------------------------------------------------------
+class CpuShare:
+    """Each node held to ``fraction`` of a core: a cgroup of its own with a CPU quota."""
+
+    V1, V2 = pathlib.Path("/sys/fs/cgroup/cpu"), pathlib.Path("/sys/fs/cgroup")
+
+    def __init__(self) -> None:
+        self.groups: list[pathlib.Path] = []
+        if os.access(self.V1 / "cpu.cfs_quota_us", os.R_OK) and os.access(self.V1, os.W_OK):
+            self.method = "cgroup-v1 cpu.cfs_quota_us"
+        elif "cpu" in _read(self.V2 / "cgroup.controllers").split() and os.access(self.V2, os.W_OK):
+            self.method = "cgroup-v2 cpu.max"
+        else:
+            self.method = "taskset (shares not held)"
+
+    def hold(self, pid: int, fraction: float | None) -> None:
+        if fraction is None or self.method.startswith("taskset"):
+            return
+        quota = int(PERIOD_US * fraction)
+        if self.method.startswith("cgroup-v1"):
+            group = self.V1 / f"rdv-bench-{os.getpid()}-{pid}"
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            group = self.V2 / f"rdv-bench-{os.getpid()}-{pid}"
+            group.mkdir()
+            (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+        (group / "cgroup.procs").write_text(str(pid))
+        self.groups.append(group)
+
+    def release(self) -> None:
+        for group in self.groups:
+            for _ in range(50):
+                try:
+                    group.rmdir()
+                    break
+                except OSError:  # its process is still exiting
+                    time.sleep(0.05)
+        self.groups.clear()
+
+
+def _read(path: pathlib.Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+class Redis:
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self.proc = start_pinned(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                  "--appendonly", "no", "--dir", directory, "--loglevel", "warning"], self.port)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        # On the generator's core: beside the brokers, every send to it would switch to it at once
+        # (a loopback wake-up), which a Redis on another host never costs them.
+        os.sched_setaffinity(self.proc.pid, {GENERATOR_CORE})
+
+    def command(self, *args: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"".join([b"*%d\r\n" % len(args)] + [b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args]))
+            data = b""
+            while not data.endswith(b"\r\n") or data.count(b"\r\n") < _resp_lines(data):
+                data += sock.recv(1 << 20)
+            return data
+
+    def keys(self, prefix: str) -> list[str]:
+        reply = self.command("KEYS", prefix + ":*").split(b"\r\n")
+        return [line.decode() for line in reply[2::2] if line]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _resp_lines(data: bytes) -> int:
+    """Lines a KEYS reply has (``*n`` then n bulk strings of two lines each)."""
+    if data.startswith(b"*"):
+        return 1 + 2 * int(data[1:data.index(b"\r\n")])
+    return 1
+
+
+class Node:
+    def __init__(self, backend: str, redis: Redis | None, index: int, prefix: str, bridges: str) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "snowflake", "--addr", f"127.0.0.1:{self.port}",
+               "--disable-tls", "--disable-geoip", "--allowed-relay-pattern", PATTERN, "--bridge-list-path", bridges,
+               "--proxy-timeout", "10", "--client-timeout", "10", "--http-server", "native", "--log-level", "error"]
+        if backend == "redis":
+            cmd += ["--backend", "redis", "--backend-url", redis.url, "--backend-prefix", prefix,
+                    "--node-id", f"bench{index}", "--node-ttl", "3"]
+        self.proc = start_pinned(cmd, self.port)
+        self.alive = True
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(5)
+        self.alive = False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+
+class Setup:
+    """``n`` nodes of ``backend`` (and a redis-server for them), each held to ``share`` of a core."""
+
+    def __init__(self, backend: str, n: int, share: float | None, shares: CpuShare, tmp: str) -> None:
+        self.backend, self.n, self.share, self.shares = backend, n, share, shares
+        self.tmp = tmp
+        self.redis: Redis | None = None
+        self.nodes: list[Node] = []
+
+    def __enter__(self) -> Setup:
+        bridges = str(pathlib.Path(self.tmp) / "bridges.jsonl")
+        pathlib.Path(bridges).write_text(json.dumps(BRIDGE) + "\n")
+        if self.backend == "redis":
+            self.redis = Redis(self.tmp)
+        self.prefix = f"b{random.getrandbits(32):08x}"
+        for i in range(self.n):
+            node = Node(self.backend, self.redis, i, self.prefix, bridges)
+            self.shares.hold(node.proc.pid, self.share)
+            self.nodes.append(node)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        self.shares.release()
+
+    def broker_cpu(self) -> float:
+        return sum(cpu_seconds(node.proc.pid) for node in self.nodes if node.alive)
+
+    def redis_cpu(self) -> float:
+        return cpu_seconds(self.redis.proc.pid) if self.redis is not None else 0.0
+
+
+# -- the generator --------------------------------------------------------------------------------
+class Generator:
+    """Simulated proxies and clients, one keep-alive connection per peer and node. ``placement``:
+    ``random`` (each request to a random live node, as behind a load balancer) or ``across``
+    (polls to node 0, clients to node 1, answers to node 2)."""
+
+    def __init__(self, setup: Setup, placement: str = "random") -> None:
+        self.ports = [node.port for node in setup.nodes]
+        self.live = list(range(len(self.ports)))
+        self.placement = placement
+        self.running = True
+        self.outcomes: collections.Counter[str] = collections.Counter()
+        self.events: list[tuple[float, str]] = []  # (time, outcome) of every client request
+        self.latencies: list[float] = []
+        self.rendezvous = 0
+
+    def pick(self, role: str) -> int:
+        if self.placement == "across":
+            return {"poll": 0, "client": 1, "answer": 2}[role]
+        return random.choice(self.live)
+
+    def failed(self, node: int) -> None:
+        if node in self.live and len(self.live) > 1:
+            self.live.remove(node)  # the load balancer's health check takes it out
+
+    async def request(self, conns: dict[int, HttpConnection], node: int, path: str, body: bytes) -> tuple[int, bytes]:
+        conn = conns.get(node)
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            conn = conns[node] = await connect("127.0.0.1", self.ports[node])
+        return await conn.request("POST", path, body)
+
+    async def proxy(self, i: int) -> None:
+        conns: dict[int, HttpConnection] = {}
+        sid, k = f"p{i}", 0
+        while self.running:
+            node = self.pick("poll")
+            body = json.dumps({"Sid": sid, "Version": "1.3", "Type": "standalone", "NAT": "restricted", "Clients": 0,
+                               "AcceptedRelayPattern": PATTERN}).encode()
+            try:
+                _, reply = await self.request(conns, node, "/proxy", body)
+                if not reply.startswith(b'{"Status":"client match"'):
+                    continue
+                answer = json.dumps({"Version": "1.3", "Sid": sid, "Answer": ANSWER}).encode()
+                node = self.pick("answer")
+                await self.request(conns, node, "/answer", answer)
+            except (ConnectionError, OSError):
+                conns.pop(node, None)
+                self.failed(node)
+                await asyncio.sleep(0.05)
+                continue
+            k += 1
+            sid = f"p{i}.{k}"
+        for conn in conns.values():
+            conn.close()
+
+    async def client(self, conns: dict[int, HttpConnection]) -> None:
+        node = self.pick("client")
+        started = time.perf_counter()
+        try:
+            _, reply = await self.request(conns, node, "/client", CLIENT_BODY)
+        except (ConnectionError, OSError):
+            conns.pop(node, None)
+            self.failed(node)
+            outcome = "connection error"
+        else:
+            if reply.startswith(b'{"answer"'):
+                outcome = "answer"
+                self.latencies.append(time.perf_counter() - started)
+                self.rendezvous += 1
+            elif b"no snowflake proxies" in reply:
+                outcome = "no proxies"
+            elif b"timed out" in reply:
+                outcome = "timed out"
+            else:
+                outcome = "other: " + reply[:60].decode(errors="replace")
+        self.outcomes[outcome] += 1
+        self.events.append((time.monotonic(), outcome))
+
+    async def closed_loop(self, clients: int) -> None:
+        async def one() -> None:
+            conns: dict[int, HttpConnection] = {}
+            while self.running:
+                await self.client(conns)
+                if self.events[-1][1] != "answer":
+                    await asyncio.sleep(0.002)
+
+        await asyncio.gather(*(one() for _ in range(clients)))
+
+    async def paced(self, rate: float) -> None:
+        """One client request every 1/rate s, each on a free simulated client."""
+        free: list[dict] = [{} for _ in range(64)]
+        tasks: set[asyncio.Task] = set()
+        start, sent = time.monotonic(), 0
+
+        async def one(conns: dict) -> None:
+            try:
+                await self.client(conns)
+            finally:
+                free.append(conns)
+
+        while self.running:
+            due = start + sent / rate
+            now = time.monotonic()
+            if due > now:
+                await asyncio.sleep(due - now)
+            sent += 1
+            task = asyncio.ensure_future(one(free.pop() if free else {}))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=15)
+
+
+async def measure(setup: Setup, *, proxies: int, seconds: float, warmup: float = 2.0, rate: float | None = None,
+                  clients: int = 0, placement: str = "random") -> dict:
+    gen = Generator(setup, placement)
+    load = asyncio.ensure_future(asyncio.gather(*(gen.proxy(i) for i in range(proxies)),
+                                                gen.paced(rate) if rate else gen.closed_loop(clients)))
+    await asyncio.sleep(warmup)
+    gen.latencies.clear()
+    done0, cpu0, redis0, gen0, t0 = gen.rendezvous, setup.broker_cpu(), setup.redis_cpu(), time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    done, elapsed = gen.rendezvous - done0, time.monotonic() - t0
+    broker, redis = setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0
+    generator = time.process_time() - gen0
+    latencies = sorted(gen.latencies)
+    gen.running = False
+    try:
+        await asyncio.wait_for(load, 15)
+    except TimeoutError:
+        load.cancel()
+    n = len(latencies)
+    return {"rendezvous": done, "seconds": round(elapsed, 1), "rendezvous_per_s": round(done / elapsed, 1),
+            "broker_cpu_us_per_rendezvous": round(broker * 1e6 / max(1, done), 1),
+            "redis_cpu_us_per_rendezvous": round(redis * 1e6 / max(1, done), 1) if setup.redis else None,
+            "broker_cpu_cores": round(broker / elapsed, 3),
+            "client_p50_ms": round(statistics.median(latencies) * 1000, 3) if n else None,
+            "client_p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 3) if n else None,
+            "outcomes": dict(gen.outcomes), "generator_cpu_pct": round(100 * generator / elapsed, 1)}
+
+
+SETUPS = (("memory", 1), ("redis", 1), ("redis", 2), ("redis", 4))
+
+
+def emit(line: dict) -> dict:
+    print(json.dumps({"bench": "cluster", **line}), flush=True)
+    return line
+
+
+def run_cpu(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    base = None
+    for backend, n in SETUPS:
+        with Setup(backend, n, None, shares, tmp) as setup:
+            result = asyncio.run(measure(setup, proxies=200, seconds=args.duration, rate=args.rate))
+        line = emit({"metric": "cpu", "backend": backend, "nodes": n, "rate": args.rate, **result})
+        if backend == "memory":
+            base = line["broker_cpu_us_per_rendezvous"]
+        elif base:
+            emit({"metric": "cpu_ratio", "backend": backend, "nodes": n,
+                  "broker_cpu_vs_memory": round(line["broker_cpu_us_per_rendezvous"] / base, 2), "target": 1.35,
+                  "redis_cpu_us_per_rendezvous": line["redis_cpu_us_per_rendezvous"], "redis_target_us": 40})
+
+
+def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    rates = {}
+    for backend, n in SETUPS:
+        share = args.share / 2 if n == 4 else args.share
+        with Setup(backend, n, share, shares, tmp) as setup:
+            result = asyncio.run(measure(setup, proxies=600, clients=args.clients, seconds=args.duration))
+        rates[(backend, n)] = result["rendezvous_per_s"]
+        emit({"metric": "scaling", "backend": backend, "nodes": n, "share_per_node": share,
+              "share_method": shares.method, **result})
+    emit({"metric": "scaling_ratio", "share_method": shares.method, "share_per_node": args.share,
+          "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.7,
+          "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2), "target_vs_memory1": 1.5,
+          "redis4_at_half_share_vs_redis2": round(rates[("redis", 4)] / rates[("redis", 2)], 2), "target_x4": 0.9})
+
+
+def run_latency(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    results = {}
+    for backend, n, placement in (("memory", 1, "random"), ("redis", 3, "across")):
+        with Setup(backend, n, None, shares, tmp) as setup:
+            results[backend] = asyncio.run(measure(setup, proxies=50, seconds=args.duration, rate=args.latency_rate,
+                                                   placement=placement))
+        emit({"metric": "latency", "backend": backend, "nodes": n, "placement": placement, "rate": args.latency_rate,
+              **{k: results[backend][k] for k in ("rendezvous", "client_p50_ms", "client_p99_ms", "outcomes",
+                                                  "generator_cpu_pct")}})
+    emit({"metric": "latency_added", "p50_ms": round(results["redis"]["client_p50_ms"] - results["memory"]["client_p50_ms"], 3),
+          "p99_ms": round(results["redis"]["client_p99_ms"] - results["memory"]["client_p99_ms"], 3),
+          "target_p50_ms": 1.0, "target_p99_ms": 3.0})
+
+
+def run_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    with Setup("redis", 3, None, shares, tmp) as setup:
+        baseline_keys = None
+
+        async def scenario() -> dict:
+            nonlocal baseline_keys
+            gen = Generator(setup)
+            load = asyncio.ensure_future(asyncio.gather(*(gen.proxy(i) for i in range(200)), gen.paced(args.kill_rate)))
+            await asyncio.sleep(4.0)
+            before = collections.Counter(outcome for _, outcome in gen.events)
+            killed_at = time.monotonic()
+            setup.nodes[1].kill()
+            key_counts = []
+            while time.monotonic() < killed_at + 8.0:
+                await asyncio.sleep(0.25)
+                key_counts.append((round(time.monotonic() - killed_at, 2), setup.redis.keys(setup.prefix)))
+            gen.running = False
+            await asyncio.wait_for(load, 20)
+            after = [(t - killed_at, o) for t, o in gen.events if t >= killed_at]
+            windows = collections.defaultdict(collections.Counter)
+            for t, outcome in after:
+                windows[int(t / 0.5)][outcome] += 1
+            recovered = next((w * 0.5 for w in sorted(windows) if windows[w]["answer"] >= 0.99 * (
+                sum(windows[w].values()) - windows[w]["connection error"])), None)
+            dead = "bench1"
+            gone = next((t for t, keys in key_counts if not any(dead in k for k in keys)), None)
+            return {"before_kill": dict(before), "after_kill": dict(collections.Counter(o for _, o in after)),
+                    "seconds_until_99pct_success": recovered,
+                    "seconds_until_no_key_of_the_dead_node": gone,
+                    "keys_after_kill": [(t, len(keys)) for t, keys in key_counts][::4]}
+
+        result = asyncio.run(scenario())
+        # with the load stopped: back at the baseline (live nodes' keys, ticket counter, node set)
+        started = time.monotonic()
+        while time.monotonic() - started < 20:
+            rest = [k for k in setup.redis.keys(setup.prefix) if ":node:" not in k and not k.endswith((":seq", ":nodes"))]
+            if not rest:
+                break
+            time.sleep(0.25)
+        emit({"metric": "kill", "nodes": 3, "rate": args.kill_rate, **result,
+              "seconds_until_baseline_after_load": round(time.monotonic() - started, 2), "left": rest[:5]})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--metrics", default="cpu,scaling,latency,kill")
+    parser.add_argument("--rate", type=float, default=400.0, help="rendezvous/s of the CPU measurement")
+    parser.add_argument("--share", type=float, default=0.25, help="share of a core per node in the scaling runs")
+    parser.add_argument("--clients", type=int, default=120, help="concurrent clients of the scaling runs")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--latency-rate", type=float, default=50.0)
+    parser.add_argument("--kill-rate", type=float, default=300.0)
+    args = parser.parse_args()
+    prepare_generator()
+    shares = CpuShare()
+    runs = {"cpu": run_cpu, "scaling": run_scaling, "latency": run_latency, "kill": run_kill}
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        try:
+            for metric in args.metrics.split(","):
+                runs[metric](args, shares, tmp)
+        finally:
+            shares.release()
+
+
+if __name__ == "__main__":
+    main()
