@@ -229,7 +229,15 @@ class _Silent:
     pass
 
 
-def test_status_page_samples_every_profile(capsys):
+def test_status_page_samples_every_profile():
+    import io
+
+    import structlog
+
+    from rendezvous.observe import logging as rlog
+
+    stream = io.StringIO()  # this test's own log (others configure theirs: capturing stdout depends on order)
+    rlog.configure(log_format="json", stream=stream)
     clock, wall = FakeClock(0.0), FakeClock(1.7e9)
     ok, broken = _Runtime(), _Broken()
     page = StatusPage({"ok": ok, "broken": broken, "silent": _Silent()}, clock, wall=wall)
@@ -248,7 +256,8 @@ def test_status_page_samples_every_profile(capsys):
     # one without a status() shows none either.
     assert doc["profiles"]["broken"] == {"times": [], "metrics": {}} == doc["profiles"]["silent"]
     assert broken.calls == 3
-    assert capsys.readouterr().out.count("could not be read") == 1
+    assert stream.getvalue().count("could not be read") == 1
+    structlog.reset_defaults()
 
 
 def test_status_json_is_bounded():
