@@ -5,6 +5,9 @@ One JSON line per measurement:
   {"bench":"cluster","metric":"cpu",...}      a fixed load below saturation (--rate rendezvous/s), requests
                                               on random nodes: broker CPU per rendezvous (all nodes) and
                                               redis-server CPU per rendezvous, for memory x1, redis x1, x2, x4
+                                              (and memory x1 at rate/N: the load each of N nodes has)
+  {"bench":"cluster","metric":"idle",...}     proxies polling with no client (--idle-proxies, --hold): broker and
+                                              redis-server CPU per idle poll, memory x1 and redis x1
   {"bench":"cluster","metric":"scaling",...}  saturating load, each node held to the same CPU share (--share of
                                               a core; x4 at half of it each, so the four together have what x2
                                               has): rendezvous/s, and the ratios the targets name
@@ -27,7 +30,7 @@ simulated: requests go to random live nodes, and a node that refuses a connectio
 Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 at the same share; broker CPU
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
-Usage: python bench/cluster.py [--metrics cpu,scaling,latency,kill] [--rate 400] [--share 0.25]
+Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill] [--rate 800] [--share 0.25]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
 
@@ -145,11 +148,11 @@ def _resp_lines(data: bytes) -> int:
 
 
 class Node:
-    def __init__(self, backend: str, redis: Redis | None, index: int, prefix: str, bridges: str) -> None:
+    def __init__(self, backend: str, redis: Redis | None, index: int, prefix: str, bridges: str, hold: float) -> None:
         self.port = free_port()
         cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "snowflake", "--addr", f"127.0.0.1:{self.port}",
                "--disable-tls", "--disable-geoip", "--allowed-relay-pattern", PATTERN, "--bridge-list-path", bridges,
-               "--proxy-timeout", "10", "--client-timeout", "10", "--http-server", "native", "--log-level", "error"]
+               "--proxy-timeout", str(hold), "--client-timeout", "10", "--http-server", "native", "--log-level", "error"]
         if backend == "redis":
             cmd += ["--backend", "redis", "--backend-url", redis.url, "--backend-prefix", prefix,
                     "--node-id", f"bench{index}", "--node-ttl", "3"]
@@ -170,8 +173,8 @@ class Node:
 class Setup:
     """``n`` nodes of ``backend`` (and a redis-server for them), each held to ``share`` of a core."""
 
-    def __init__(self, backend: str, n: int, share: float | None, shares: CpuShare, tmp: str) -> None:
-        self.backend, self.n, self.share, self.shares = backend, n, share, shares
+    def __init__(self, backend: str, n: int, share: float | None, shares: CpuShare, tmp: str, hold: float = 10.0) -> None:
+        self.backend, self.n, self.share, self.shares, self.hold = backend, n, share, shares, hold
         self.tmp = tmp
         self.redis: Redis | None = None
         self.nodes: list[Node] = []
@@ -183,7 +186,7 @@ class Setup:
             self.redis = Redis(self.tmp)
         self.prefix = f"b{random.getrandbits(32):08x}"
         for i in range(self.n):
-            node = Node(self.backend, self.redis, i, self.prefix, bridges)
+            node = Node(self.backend, self.redis, i, self.prefix, bridges, self.hold)
             self.shares.hold(node.proc.pid, self.share)
             self.nodes.append(node)
         return self
@@ -352,17 +355,27 @@ def emit(line: dict) -> dict:
 
 
 def run_cpu(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
-    base = None
-    for backend, n in SETUPS:
+    """At the same total rate; and, for N nodes, memory x1 at rate/N as well: a node's cost per
+    rendezvous falls as its load rises (more is done per loop step), so N nodes sharing a rate are
+    also compared with one memory node at the load each of them has."""
+    memory: dict[float, float] = {}
+
+    def cpu(backend: str, n: int, rate: float) -> dict:
         with Setup(backend, n, None, shares, tmp) as setup:
-            result = asyncio.run(measure(setup, proxies=200, seconds=args.duration, rate=args.rate))
-        line = emit({"metric": "cpu", "backend": backend, "nodes": n, "rate": args.rate, **result})
+            result = asyncio.run(measure(setup, proxies=200, seconds=args.duration, rate=rate))
+        return emit({"metric": "cpu", "backend": backend, "nodes": n, "rate": rate, **result})
+
+    for backend, n in SETUPS:
+        line = cpu(backend, n, args.rate)
         if backend == "memory":
-            base = line["broker_cpu_us_per_rendezvous"]
-        elif base:
-            emit({"metric": "cpu_ratio", "backend": backend, "nodes": n,
-                  "broker_cpu_vs_memory": round(line["broker_cpu_us_per_rendezvous"] / base, 2), "target": 1.35,
-                  "redis_cpu_us_per_rendezvous": line["redis_cpu_us_per_rendezvous"], "redis_target_us": 40})
+            memory[args.rate] = line["broker_cpu_us_per_rendezvous"]
+            continue
+        if n > 1:
+            memory[args.rate / n] = cpu("memory", 1, args.rate / n)["broker_cpu_us_per_rendezvous"]
+        emit({"metric": "cpu_ratio", "backend": backend, "nodes": n, "rate": args.rate,
+              "broker_cpu_vs_memory": round(line["broker_cpu_us_per_rendezvous"] / memory[args.rate], 2),
+              "broker_cpu_vs_memory_at_the_load_per_node": round(line["broker_cpu_us_per_rendezvous"] / memory[args.rate / n], 2),
+              "target": 1.35, "redis_cpu_us_per_rendezvous": line["redis_cpu_us_per_rendezvous"], "redis_target_us": 40})
 
 
 def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
@@ -392,6 +405,41 @@ def run_latency(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
     emit({"metric": "latency_added", "p50_ms": round(results["redis"]["client_p50_ms"] - results["memory"]["client_p50_ms"], 3),
           "p99_ms": round(results["redis"]["client_p99_ms"] - results["memory"]["client_p99_ms"], 3),
           "target_p50_ms": 1.0, "target_p99_ms": 3.0})
+
+
+def run_idle(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    """Proxies polling with no client (most of a real broker's load): each idle poll is a wait
+    and, at its hold's end, a withdraw in Redis, where one node does neither."""
+    async def idle(setup: Setup, proxies: int, seconds: float) -> dict:
+        gen = Generator(setup)
+        polls = collections.Counter()
+
+        async def counting(i: int) -> None:  # (a proxy loop that never sees a match: count its polls)
+            conns: dict[int, HttpConnection] = {}
+            while gen.running:
+                node = gen.pick("poll")
+                body = json.dumps({"Sid": f"i{i}", "Version": "1.3", "Type": "standalone", "NAT": "restricted",
+                                   "Clients": 0, "AcceptedRelayPattern": PATTERN}).encode()
+                await gen.request(conns, node, "/proxy", body)
+                polls["n"] += 1
+            for conn in conns.values():
+                conn.close()
+
+        load = asyncio.ensure_future(asyncio.gather(*(counting(i) for i in range(proxies))))
+        await asyncio.sleep(args.hold + 1)
+        n0, cpu0, redis0, t0 = polls["n"], setup.broker_cpu(), setup.redis_cpu(), time.monotonic()
+        await asyncio.sleep(seconds)
+        n, elapsed = polls["n"] - n0, time.monotonic() - t0
+        broker, redis = setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0
+        gen.running = False
+        await asyncio.wait_for(load, args.hold + 10)
+        return {"polls_per_s": round(n / elapsed, 1), "broker_cpu_us_per_poll": round(broker * 1e6 / max(1, n), 1),
+                "redis_cpu_us_per_poll": round(redis * 1e6 / max(1, n), 1) if setup.redis else None}
+
+    for backend in ("memory", "redis"):
+        with Setup(backend, 1, None, shares, tmp, hold=args.hold) as setup:
+            result = asyncio.run(idle(setup, args.idle_proxies, args.duration))
+        emit({"metric": "idle", "backend": backend, "nodes": 1, "proxies": args.idle_proxies, "hold_s": args.hold, **result})
 
 
 def run_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
@@ -439,17 +487,19 @@ def run_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--metrics", default="cpu,scaling,latency,kill")
-    parser.add_argument("--rate", type=float, default=400.0, help="rendezvous/s of the CPU measurement")
+    parser.add_argument("--metrics", default="cpu,idle,scaling,latency,kill")
+    parser.add_argument("--rate", type=float, default=800.0, help="rendezvous/s of the CPU measurement")
     parser.add_argument("--share", type=float, default=0.25, help="share of a core per node in the scaling runs")
     parser.add_argument("--clients", type=int, default=120, help="concurrent clients of the scaling runs")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--latency-rate", type=float, default=50.0)
     parser.add_argument("--kill-rate", type=float, default=300.0)
+    parser.add_argument("--idle-proxies", type=int, default=2000, help="proxies of the idle-poll measurement")
+    parser.add_argument("--hold", type=float, default=3.0, help="the brokers' proxy hold time in the idle-poll measurement")
     args = parser.parse_args()
     prepare_generator()
     shares = CpuShare()
-    runs = {"cpu": run_cpu, "scaling": run_scaling, "latency": run_latency, "kill": run_kill}
+    runs = {"cpu": run_cpu, "idle": run_idle, "scaling": run_scaling, "latency": run_latency, "kill": run_kill}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         try:
             for metric in args.metrics.split(","):
