@@ -6,23 +6,25 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 
 
+def _pytest(session: nox.Session, *paths: str) -> None:
+    session.install("-e", ".[test]")
+    session.run("pytest", "-q", *paths, *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
-    session.run("pytest", "-q", *session.posargs)
+    _pytest(session)
 
 
 @nox.session
 def unit(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
-    session.run("pytest", "-q", "tests/unit", *session.posargs)
+    _pytest(session, "tests/unit")
 
 
 @nox.session
 def interop(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
     session.run("npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", external=True, cwd="tests/interop/js")
-    session.run("pytest", "-q", "tests/interop", *session.posargs)
+    _pytest(session, "tests/interop")
 
 
 @nox.session

@@ -222,31 +222,30 @@ async def test_poll_replies_byte_exact(http_server):
     async with broker(http_server, proxy_timeout=0.3) as srv, client() as http:
         r = await http.post(srv.url + "/proxy", content=b'{"Sid":"ymbcCMto7KHNGYlp","Version":"1.0","AcceptedRelayPattern":"snowflake.torproject.net"}')
         assert r.status_code == 200 and r.content == NO_MATCH
-        async with anyio.create_task_group() as tg:
-            got = {}
-
-            async def p():
-                got["r"] = await http.post(srv.url + "/proxy", content=b'{"Sid":"ymbcCMto7KHNGYlp","Version":"1.0","AcceptedRelayPattern":"snowflake.torproject.net"}')
-
-            tg.start_soon(p)
-            await wait_polling(srv)
-            await http.post(srv.url + "/client", content=encode_client_request("<offer>", "unknown"))
+        reply = await poll_during(http, srv, b'{"Sid":"ymbcCMto7KHNGYlp","Version":"1.0","AcceptedRelayPattern":"snowflake.torproject.net"}',
+                                  lambda: http.post(srv.url + "/client", content=encode_client_request("<offer>", "unknown")))
         # v1.0 proxy without NAT sits in the restricted pool; an unknown client takes only unrestricted.
-        assert got["r"].content == NO_MATCH
+        assert reply.content == NO_MATCH
+
+
+async def poll_during(http, srv, body, action):
+    """A raw proxy poll held while ``action()`` runs; its reply."""
+    got = {}
+    async with anyio.create_task_group() as tg:
+        async def p():
+            got["r"] = await http.post(srv.url + "/proxy", content=body)
+
+        tg.start_soon(p)
+        await wait_polling(srv)
+        await action()
+    return got["r"]
 
 
 async def test_client_match_reply_key_order_and_nat(http_server):
     async with broker(http_server) as srv, client() as http:
-        async with anyio.create_task_group() as tg:
-            got = {}
-
-            async def p():
-                got["r"] = await http.post(srv.url + "/proxy", content=b'{"Sid":"ymbcCMto7KHNGYlp","Version":"1.0","NAT":"unrestricted","AcceptedRelayPattern":"snowflake.torproject.net"}')
-
-            tg.start_soon(p)
-            await wait_polling(srv)
-            await offer(http, srv, sdp="<offer>")
-        assert got["r"].content == b'{"Status":"client match","Offer":"\\u003coffer\\u003e","NAT":"unknown","RelayURL":"wss://snowflake.torproject.net/"}'
+        reply = await poll_during(http, srv, b'{"Sid":"ymbcCMto7KHNGYlp","Version":"1.0","NAT":"unrestricted","AcceptedRelayPattern":"snowflake.torproject.net"}',
+                                  lambda: offer(http, srv, sdp="<offer>"))
+        assert reply.content == b'{"Status":"client match","Offer":"\\u003coffer\\u003e","NAT":"unknown","RelayURL":"wss://snowflake.torproject.net/"}'
 
 
 # 17, 18, 19, 33 (answers)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from rendezvous.testing import closed_code, serve
+from rendezvous.testing import closed_code, serve, wait_until
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.codec import SUBPROTOCOL_PROTOBUF, Codec, pack, unpack
 from rendezvous_wasimoff.programs import tool_wasm
@@ -265,22 +265,26 @@ async def test_provider_gets_canonical_ref_fetches_it_and_is_preferred_after():
 
 
 # 17
+def submit_later(tg, http, srv, request):
+    """Submit ``request`` over ConnectRPC in ``tg``; the returned dict gets ``"r"`` when it is answered."""
+    result = {}
+
+    async def submit():
+        result["r"] = await run_rpc(http, srv, request)
+
+    tg.start_soon(submit)
+    return result
+
+
 async def test_task_waits_for_a_provider():
     async with broker() as srv, client() as http:
         await upload(http, srv)
         async with anyio.create_task_group() as tg:
-            done = {}
-
-            async def submit():
-                done["r"] = await run_rpc(http, srv, wasip1("tool.wasm", ["tool", "echo", "late"]))
-
-            tg.start_soon(submit)
+            done = submit_later(tg, http, srv, wasip1("tool.wasm", ["tool", "echo", "late"]))
             await anyio.sleep(0.5)
             assert "r" not in done
             await tg.start(Provider(srv.url, workers=1).run)
-            with anyio.fail_after(10):
-                while "r" not in done:
-                    await anyio.sleep(0.02)
+            await wait_until(lambda: "r" in done, timeout=10)
             assert done["r"][1].ok.stdout == b"late\n"
             tg.cancel_scope.cancel()
 
@@ -290,21 +294,14 @@ async def test_provider_dies_mid_task_and_the_task_is_retried_elsewhere():
     async with broker() as srv, client() as http:
         await upload(http, srv)
         async with anyio.create_task_group() as tg:
-            result = {}
-
-            async def submit():
-                result["r"] = await run_rpc(http, srv, wasip1("tool.wasm", ["tool", "echo", "survived"]))
-
             async with RawProvider(srv, name="doomed") as doomed:
                 await doomed.recv()
                 await doomed.event(schema.ProviderResources(concurrency=1))
-                tg.start_soon(submit)
+                result = submit_later(tg, http, srv, wasip1("tool.wasm", ["tool", "echo", "survived"]))
                 await doomed.recv_request(schema.Wasip1Request)
             # the doomed provider's socket is closed while it holds the task
             await tg.start(Provider(srv.url, name="rescuer", workers=1).run)
-            with anyio.fail_after(10):
-                while "r" not in result:
-                    await anyio.sleep(0.02)
+            await wait_until(lambda: "r" in result, timeout=10)
             response = result["r"][1]
             assert response.ok.stdout == b"survived\n" and response.info.provider == "rescuer"
             tg.cancel_scope.cancel()
