@@ -8,9 +8,10 @@ knows exactly what it may offer and what type it must have.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
+
+from rendezvous.profile import ProfileCliExtras, ProfileStatus
 
 # -- on the profile -------------------------------------------------------------------------
 
@@ -50,13 +51,8 @@ class Validates(Protocol):
     def validate(self, settings: Any, server: Any) -> None: ...
 
 
-@runtime_checkable
-class CliExtras(Protocol):
-    """Command-line arguments beyond ``--<setting>`` flags (the overlay's ``config.json``)."""
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
-
-    def values_from_arguments(self, args: argparse.Namespace) -> Mapping[str, tuple[Any, str]]: ...
+#: Command-line arguments beyond ``--<setting>`` flags (the overlay's ``config.json``).
+CliExtras = ProfileCliExtras
 
 
 @runtime_checkable
@@ -106,8 +102,5 @@ class Describes(Protocol):
     def describe(self, url: str) -> Iterable[tuple[str, Mapping[str, Any]]]: ...
 
 
-@runtime_checkable
-class HasStatus(Protocol):
-    """The numbers of the status page (see :class:`rendezvous.profile.ProfileStatus`)."""
-
-    def status(self) -> Mapping[str, Any]: ...
+#: The numbers of the status page.
+HasStatus = ProfileStatus

@@ -74,6 +74,7 @@ class Profile(Protocol):
     def create(self, context: ProfileContext) -> ProfileRuntime: ...
 
 
+@runtime_checkable
 class ProfileStatus(Protocol):
     """Optional on a runtime: the numbers of the status page (``/status``), read once a second:
     ``{id: Gauge | Counter | Latency}`` (:mod:`rendezvous.observe.status.readings`). Cheap, exact,
@@ -82,6 +83,7 @@ class ProfileStatus(Protocol):
     def status(self) -> Mapping[str, Any]: ...
 
 
+@runtime_checkable
 class ProfileCliExtras(Protocol):
     """Optional: profiles with command-line arguments beyond ``--<setting>`` flags."""
 

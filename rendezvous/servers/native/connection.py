@@ -190,10 +190,8 @@ class Connection(asyncio.Protocol):
             else:
                 self._upgrade_requested()
             return
-        except _Reject as reject:
-            self._respond_and_close(reject.status, b"")
-            return
         except httptools.HttpParserError as error:
+            # A callback's exception (a head over a limit: _Reject) arrives wrapped by httptools.
             cause = error.__context__
             self._respond_and_close(cause.status if isinstance(cause, _Reject) else 400, b"bad request\n")
             return
