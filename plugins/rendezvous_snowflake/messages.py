@@ -29,10 +29,52 @@ class BadRequest(ValueError):
     """The request does not decode; ``str()`` is the error text the Go broker would give."""
 
 
+# A JSON string (what ``json.dumps(text, ensure_ascii=False)`` writes), in C.
+_string: Any = json.encoder.encode_basestring
+
+
 def go_marshal(fields: list[tuple[str, Any]]) -> bytes:
     """``json.Marshal`` of a Go struct: keys in field order, compact, Go's escaping."""
-    body = ",".join(f"{json.dumps(k)}:{json.dumps(v, ensure_ascii=False)}" for k, v in fields)
+    body = ",".join([f"{_string(k)}:{json.dumps(v, ensure_ascii=False)}" for k, v in fields])
     return gojson.escape("{" + body + "}").encode()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+# The plain C decoder, refusing NaN and Infinity (Go does).
+_plain_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def _plain_fields(data: bytes, schema: dict[str, type], names: dict[str, str]) -> dict[str, Any] | None:
+    """The common request decoded in C: UTF-8 with no ``\\u`` escapes, one object whose
+    known keys are spelled as the struct's fields, each once, with a value of the right type.
+    None for anything else, which :func:`decode_object` then decodes as Go does (the same
+    result for every input this accepts: these are the cases where Go's rules and
+    :mod:`json`'s agree)."""
+    if b"\\u" in data:
+        return None  # (surrogate escapes: Go's replacement rules)
+    try:
+        value = _plain_json(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if type(value) is not dict:
+        return None
+    for key, item in value.items():
+        want = schema.get(key)
+        if want is None:
+            if not key.isascii() or key.lower() in names:
+                return None  # another spelling of a field (Go folds case)
+            continue
+        if want is str or want is type(None):
+            if type(item) is not str:
+                return None
+        elif not _is_int64(item):
+            return None
+        if data.count(b'"%s"' % key.encode()) != 1:
+            return None  # the key twice (Go reads each pair in turn)
+    return value
 
 
 def _go_type_name(value: Any) -> str:
@@ -51,13 +93,27 @@ def _is_int64(value: Any) -> bool:
     return type(value) is int and -(2**63) <= value < 2**63
 
 
-def decode_object(data: bytes | str, schema: dict[str, type], struct: str) -> dict[str, Any]:
+_LOWERED: dict[int, dict[str, str]] = {}
+
+
+def _lowered(schema: dict[str, type]) -> dict[str, str]:
+    """Field names by their lower case (per schema, kept: the schemas are module constants)."""
+    names = _LOWERED.get(id(schema))
+    if names is None:
+        names = _LOWERED[id(schema)] = {name.lower(): name for name in schema}
+    return names
+
+
+def decode_object(data: bytes | str, schema: dict[str, type], struct: str, *, plain: bool = True) -> dict[str, Any]:
     """Decode a JSON object into ``schema``'s fields the way Go does; errors carry Go's text.
 
     Go reads the pairs in order: a value of the wrong type leaves its field alone and the first
     such error is the one returned; a number that does not fit an int field (``1.5``, ``1e999``,
     2**63) is such an error, with the number's text in it.
     """
+    names = _lowered(schema)
+    if plain and type(data) is bytes and (fields := _plain_fields(data, schema, names)) is not None:
+        return fields
     try:
         value = gojson.loads(data, pairs=True)
     except gojson.DecodeError as exc:
@@ -67,7 +123,6 @@ def decode_object(data: bytes | str, schema: dict[str, type], struct: str) -> di
         return out
     if not isinstance(value, gojson.Object):
         raise BadRequest(f"json: cannot unmarshal {_go_type_name(value)} into Go value of type messages.{struct}")
-    names = {name.lower(): name for name in schema}
     error = None
     for key, item in value:
         name = names.get(key.lower())
@@ -126,7 +181,9 @@ def decode_proxy_poll(body: bytes) -> ProxyPoll:
 
 
 def encode_poll_reply(status: str, offer: str = "", nat: str = "", relay_url: str = "") -> bytes:
-    return go_marshal([("Status", status), ("Offer", offer), ("NAT", nat), ("RelayURL", relay_url)])
+    # go_marshal's output, written out (the hot reply)
+    text = f'{{"Status":{_string(status)},"Offer":{_string(offer)},"NAT":{_string(nat)},"RelayURL":{_string(relay_url)}}}'
+    return gojson.escape(text).encode()
 
 
 @attrs.frozen
@@ -135,8 +192,11 @@ class ProxyAnswer:
     answer: str
 
 
+_ANSWER_SCHEMA: dict[str, type] = {"Version": str, "Sid": str, "Answer": str}
+
+
 def decode_proxy_answer(body: bytes) -> ProxyAnswer:
-    fields = decode_object(body, {"Version": str, "Sid": str, "Answer": str}, "ProxyAnswerRequest")
+    fields = decode_object(body, _ANSWER_SCHEMA, "ProxyAnswerRequest")
     if not _major_version_ok(fields.get("Version", "")):
         raise BadRequest("using unknown version")
     sid, answer = fields.get("Sid", ""), fields.get("Answer", "")
@@ -145,8 +205,11 @@ def decode_proxy_answer(body: bytes) -> ProxyAnswer:
     return ProxyAnswer(sid, answer)
 
 
+_ANSWER_REPLIES = {success: go_marshal([("Status", "success" if success else "client gone")]) for success in (True, False)}
+
+
 def encode_answer_reply(success: bool) -> bytes:
-    return go_marshal([("Status", "success" if success else "client gone")])
+    return _ANSWER_REPLIES[success]
 
 
 @attrs.frozen
@@ -166,12 +229,15 @@ def _go_hex_error(text: str) -> str | None:
     return None
 
 
+_CLIENT_SCHEMA: dict[str, type] = {"offer": str, "nat": str, "fingerprint": str}
+
+
 def decode_client_poll(body: bytes) -> ClientPoll:
     """The v1.0 client format: ``1.0\\n{json}``. Errors carry the Go broker's texts."""
     version, newline, rest = body.partition(b"\n")
     if not newline or version != b"1.0":
         raise BadRequest("unsupported message version")
-    fields = decode_object(rest, {"offer": str, "nat": str, "fingerprint": str}, "ClientPollRequest")
+    fields = decode_object(rest, _CLIENT_SCHEMA, "ClientPollRequest")
     offer = fields.get("offer", "")
     if not offer:
         raise BadRequest("no supplied offer")
@@ -194,4 +260,6 @@ def encode_client_request(offer: str, nat: str, fingerprint: str = DEFAULT_FINGE
 
 def encode_client_reply(answer: str | None = None, error: str | None = None) -> bytes:
     # `omitempty` on both fields: exactly one key.
-    return go_marshal([("answer", answer)] if answer else [("error", error or "")])
+    if answer:
+        return gojson.escape(f'{{"answer":{_string(answer)}}}').encode()
+    return go_marshal([("error", error or "")])

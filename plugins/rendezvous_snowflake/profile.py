@@ -16,12 +16,13 @@ from typing import Any
 import anyio
 import attrs
 
-from rendezvous.backends import BackendUnavailable
+from rendezvous.backends import BackendUnavailable, ImmediatePairingStore
 from rendezvous.core import Deliver, Expired
 from rendezvous.errors import ConfigError
 from rendezvous.profile import ProfileContext
 from rendezvous.settings import positive, setting
-from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse
+from rendezvous.transports.base import ExchangeRoute, Forget, HttpRequest, HttpResponse, Respond
+from rendezvous.transports.handlers import internal_error
 from rendezvous_snowflake import amp, candidates, messages
 from rendezvous_snowflake.bridges import DEFAULT_BRIDGES, UNKNOWN_BRIDGE, load_bridge_list, relay_pattern_accepted
 from rendezvous_snowflake.geoip import UNKNOWN_COUNTRY, GeoIP
@@ -45,6 +46,10 @@ UNRESTRICTED_POOL, RESTRICTED_POOL = "unrestricted", "restricted"
 CORS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Headers", "Origin, X-Session-ID"))
 # Go sniffs a Content-Type for replies that set none: JSON text sniffs as text/plain.
 TEXT = ("Content-Type", "text/plain; charset=utf-8")
+CORS_TEXT = (*CORS, TEXT)
+# The replies of /proxy, /client and /answer carry CORS themselves (no wrapper on the fast path).
+PREFLIGHT = HttpResponse(200, b"", CORS)
+BAD_REQUEST = HttpResponse(400, b"", CORS)
 
 
 class Matching(enum.Enum):
@@ -127,13 +132,56 @@ class SnowflakeProfile:
 
 
 class _Waiting:
-    """One HTTP request waiting in the matcher (a proxy poll or a client offer)."""
+    """One HTTP request waiting in the matcher (a proxy poll or a client offer), in a task."""
 
     __slots__ = ("event", "result")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.result: Any = None
+
+    def deliver(self, result: Any) -> None:
+        self.result = result
+        self.event.set()
+
+
+class _Then:
+    """One HTTP request waiting in the matcher without a task: ``then(result)`` answers it
+    (``respond`` gets a logged 500 if that fails: it runs in another request's handler)."""
+
+    __slots__ = ("delivered", "path", "respond", "then")
+
+    def __init__(self, then: Any, respond: Respond, path: str) -> None:
+        self.then = then
+        self.respond = respond
+        self.path = path
+        self.delivered = False
+
+    def deliver(self, result: Any) -> None:
+        if not self.delivered:
+            self.delivered = True
+            try:
+                self.then(result)
+            except Exception:
+                self.respond(internal_error(self.path))
+
+
+class _Client:
+    """A client's request, decoded and admitted, while it is matched and waits for its answer."""
+
+    __slots__ = ("arrived", "bridge", "country", "ip", "method", "poll")
+
+    def __init__(self, poll: messages.ClientPoll, bridge: Any, country: str, ip: str | None, method: str, arrived: float) -> None:
+        self.poll = poll
+        self.bridge = bridge
+        self.country = country
+        self.ip = ip
+        self.method = method
+        self.arrived = arrived
+
+    @property
+    def offer(self) -> tuple[str, str, str]:
+        return (self.poll.offer, self.poll.nat, self.bridge.websocket_address)
 
 
 # What the matcher carries (plain values: a shared backend stores them): a client's offer is
@@ -207,10 +255,22 @@ class SnowflakeRuntime:
         elif s.broker_sqs_region:
             self.log.warning("--broker-sqs-region without --broker-sqs-name: no SQS rendezvous")
         any_method: frozenset[str] = frozenset()
+        if isinstance(self.pairing, ImmediatePairingStore):
+            # One node: the hot three answer without a task (a long-poll is a callback).
+            self.now: ImmediatePairingStore = self.pairing
+            hot = [
+                ExchangeRoute.immediate_route(path, self._preflight_now(handler), any_method, READ_LIMIT)
+                for path, handler in (("/proxy", self.proxy_poll_now), ("/client", self.client_offer_now),
+                                      ("/answer", self.proxy_answer_now))
+            ]
+        else:
+            hot = [
+                ExchangeRoute(path, self._preflight(handler), any_method, READ_LIMIT)
+                for path, handler in (("/proxy", self.proxy_poll), ("/client", self.client_offer),
+                                      ("/answer", self.proxy_answer))
+            ]
         self.routes = [
-            ExchangeRoute("/proxy", self._cors(self.proxy_poll), any_method, READ_LIMIT),
-            ExchangeRoute("/client", self._cors(self.client_offer), any_method, READ_LIMIT),
-            ExchangeRoute("/answer", self._cors(self.proxy_answer), any_method, READ_LIMIT),
+            *hot,
             ExchangeRoute("/debug", self._cors(self.debug), any_method, READ_LIMIT),
             ExchangeRoute("/metrics", self._cors(self.metrics_descriptor), any_method, READ_LIMIT),
             ExchangeRoute("/amp/client/*", self._cors(self.amp_client), any_method, READ_LIMIT),
@@ -255,11 +315,9 @@ class SnowflakeRuntime:
     def _execute(self, effects: Sequence[Any]) -> None:
         for effect in effects:
             if type(effect) is Deliver:
-                effect.to.result = effect.payload
-                effect.to.event.set()
+                effect.to.deliver(effect.payload)
             elif type(effect) is Expired:
-                effect.party.result = None
-                effect.party.event.set()
+                effect.party.deliver(None)
 
     async def _execute_timed(self, effects: Sequence[Any]) -> None:
         self._execute(effects)
@@ -279,6 +337,27 @@ class SnowflakeRuntime:
 
         return with_cors
 
+    @staticmethod
+    def _preflight(handler: Any) -> Any:
+        """CORS preflight for a handler whose replies carry CORS themselves."""
+
+        async def or_preflight(request: HttpRequest) -> HttpResponse:
+            if request.method == "OPTIONS":
+                return PREFLIGHT
+            return await handler(request)
+
+        return or_preflight
+
+    @staticmethod
+    def _preflight_now(handler: Any) -> Any:
+        def or_preflight(request: HttpRequest, respond: Respond) -> Forget | None:
+            if request.method == "OPTIONS":
+                respond(PREFLIGHT)
+                return None
+            return handler(request, respond)
+
+        return or_preflight
+
     def reload(self) -> None:
         """SIGHUP, as the Go broker: read the GeoIP files again (a failure keeps the tables in use)."""
         s = self.settings
@@ -295,39 +374,54 @@ class SnowflakeRuntime:
         return self.geoip.country(ip) if self.geoip is not None else UNKNOWN_COUNTRY
 
     # -- /proxy -----------------------------------------------------------------------------
-    async def proxy_poll(self, request: HttpRequest) -> HttpResponse:
+    def _poll_admit(self, request: HttpRequest) -> HttpResponse | tuple[messages.ProxyPoll, str]:
+        """A proxy poll decoded and counted: what it waits with (the poll, its pool), or the reply now."""
         try:
             poll = messages.decode_proxy_poll(request.body)
         except BadRequest as exc:
             self.log.debug("proxy poll refused", reason=str(exc)[:200])
-            return HttpResponse(400)
-        labels = {"nat": poll.nat, "type": poll.type}
+            return BAD_REQUEST
+        nat, proxy_type = poll.nat, poll.type
         pattern = poll.accepted_relay_pattern
         if pattern is None:
             self.descriptor.counts["proxy-poll-without-relay-url"] += 1
-            self.prom.without_relay.inc(**labels)
+            self.prom.without_relay.inc_values(nat, proxy_type)
             pattern = None if self.settings.relay_pattern_required else self.settings.default_relay_pattern
         else:
             self.descriptor.counts["proxy-poll-with-relay-url"] += 1
-            self.prom.with_relay.inc(**labels)
+            self.prom.with_relay.inc_values(nat, proxy_type)
         if pattern is None or not relay_pattern_accepted(pattern, self.settings.allowed_relay_pattern):
             self.descriptor.counts["proxy-poll-rejected-relay-url"] += 1
-            self.prom.rejected_relay.inc(**labels)
+            self.prom.rejected_relay.inc_values(nat, proxy_type)
             self.log.debug("proxy poll refused", reason="relay pattern not allowed", pattern=(pattern or "")[:100])
-            return HttpResponse(200, messages.encode_poll_reply(STATUS_BAD_RELAY), (TEXT,))
+            return HttpResponse(200, messages.encode_poll_reply(STATUS_BAD_RELAY), CORS_TEXT)
         ip = client_ip(request)
         if ip:
             country = self._country(ip)
-            if self.descriptor.proxy_seen(ip, country, poll.type, poll.nat):
-                self.prom.proxy_total.labels(poll.type, poll.nat, country).inc()
-        pool = UNRESTRICTED_POOL if poll.nat == NAT_UNRESTRICTED else RESTRICTED_POOL
+            if self.descriptor.proxy_seen(ip, country, proxy_type, nat):
+                self.prom.proxy_total.labels(proxy_type, nat, country).inc()
+        pool = UNRESTRICTED_POOL if nat == NAT_UNRESTRICTED else RESTRICTED_POOL
         if ip and self.ip_counts is not None:
             # By the proxy's pool. (HEAD passes `nat == unrestricted` as its `restricted`
             # argument, so the Go broker writes each pool into the other's file.)
             self.ip_counts.add(pool if len(self.ip_counts.sinks) > 1 else "all", ip)
+        return poll, pool
 
+    def _poll_reply(self, poll: messages.ProxyPoll, offer: tuple[str, str, str] | None) -> HttpResponse:
+        if offer is None:
+            self.descriptor.counts["proxy-idle"] += 1
+            self.prom.proxy_poll.inc_values(poll.nat, poll.type, "idle")
+            return HttpResponse(200, messages.encode_poll_reply(STATUS_NO_MATCH), CORS_TEXT)
+        self.prom.proxy_poll.inc_values(poll.nat, poll.type, "matched")
+        return HttpResponse(200, messages.encode_poll_reply(STATUS_MATCH, *offer), CORS_TEXT)
+
+    async def proxy_poll(self, request: HttpRequest) -> HttpResponse:
+        admitted = self._poll_admit(request)
+        if type(admitted) is HttpResponse:
+            return admitted
+        poll, pool = admitted  # type: ignore[misc]
         waiter = _Waiting()
-        gauge = self.prom.available_proxies.labels(poll.type, poll.nat)
+        gauge = self.prom.available(poll.type, poll.nat)
         gauge.inc()
         try:
             effects = await self.pairing.wait(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat))
@@ -338,36 +432,72 @@ class SnowflakeRuntime:
             gauge.dec()
             if not waiter.event.is_set():  # the proxy hung up while waiting
                 await self._gone(waiter)
-        offer = waiter.result  # (sdp, nat, relay_url)
-        if offer is None:
-            self.descriptor.counts["proxy-idle"] += 1
-            self.prom.proxy_poll.inc(status="idle", **labels)
-            return HttpResponse(200, messages.encode_poll_reply(STATUS_NO_MATCH), (TEXT,))
-        self.prom.proxy_poll.inc(status="matched", **labels)
-        return HttpResponse(200, messages.encode_poll_reply(STATUS_MATCH, *offer), (TEXT,))
+        return self._poll_reply(poll, waiter.result)  # (sdp, nat, relay_url) or None
+
+    def proxy_poll_now(self, request: HttpRequest, respond: Respond) -> Forget | None:
+        admitted = self._poll_admit(request)
+        if type(admitted) is HttpResponse:
+            respond(admitted)
+            return None
+        poll, pool = admitted  # type: ignore[misc]
+        gauge = self.prom.available(poll.type, poll.nat)
+
+        def then(offer: tuple[str, str, str] | None) -> None:
+            gauge.dec()
+            respond(self._poll_reply(poll, offer))
+
+        waiter = _Then(then, respond, "/proxy")
+        gauge.inc()
+        effects = self.now.wait_now(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat))
+        if effects:
+            self._execute(effects)
+
+        def forget() -> None:  # the proxy hung up while waiting
+            if not waiter.delivered:
+                waiter.delivered = True
+                gauge.dec()
+                self.now.gone_now(self.clock(), waiter)
+
+        return forget
 
     # -- /answer ----------------------------------------------------------------------------
-    async def proxy_answer(self, request: HttpRequest) -> HttpResponse:
+    def _answer_admit(self, request: HttpRequest) -> HttpResponse | messages.ProxyAnswer:
         if b"a=candidate" not in request.body:
             self.log.debug("proxy answer refused", reason="no a=candidate in the answer")
-            return HttpResponse(400)
+            return BAD_REQUEST
         try:
-            answer = messages.decode_proxy_answer(request.body)
+            return messages.decode_proxy_answer(request.body)
         except BadRequest as exc:
             self.log.debug("proxy answer refused", reason=str(exc)[:200])
-            return HttpResponse(400)
-        # The client may wait on another node: the store delivers it there, and tells the proxy's type here.
-        info, effects = await self.pairing.answer(self.clock(), answer.sid, answer.answer)
+            return BAD_REQUEST
+
+    def _answer_reply(self, info: Any, effects: Sequence[Any]) -> HttpResponse:
         if info is None:
-            self.prom.proxy_answer.inc(type="", status="timeout")
-            return HttpResponse(200, messages.encode_answer_reply(False), (TEXT,))
-        self.prom.proxy_answer.inc(type=info[0], status="success")
+            self.prom.proxy_answer.inc_values("", "timeout")
+            return HttpResponse(200, messages.encode_answer_reply(False), CORS_TEXT)
+        self.prom.proxy_answer.inc_values(info[0], "success")
         self._execute(effects)
-        return HttpResponse(200, messages.encode_answer_reply(True), (TEXT,))
+        return HttpResponse(200, messages.encode_answer_reply(True), CORS_TEXT)
+
+    async def proxy_answer(self, request: HttpRequest) -> HttpResponse:
+        answer = self._answer_admit(request)
+        if type(answer) is HttpResponse:
+            return answer
+        # The client may wait on another node: the store delivers it there, and tells the proxy's type here.
+        info, effects = await self.pairing.answer(self.clock(), answer.sid, answer.answer)  # type: ignore[union-attr]
+        return self._answer_reply(info, effects)
+
+    def proxy_answer_now(self, request: HttpRequest, respond: Respond) -> None:
+        answer = self._answer_admit(request)
+        if type(answer) is HttpResponse:
+            respond(answer)
+            return
+        info, effects = self.now.answer_now(self.clock(), answer.sid, answer.answer)  # type: ignore[union-attr]
+        respond(self._answer_reply(info, effects))
 
     # -- /client ----------------------------------------------------------------------------
-    async def _rendezvous(self, body: bytes, method: str, ip: str | None) -> tuple[str | None, str | None, str | None]:
-        """A v1.0 client request → (answer, error, ip used for metrics)."""
+    def _client_admit(self, body: bytes, method: str, ip: str | None) -> _Client | tuple[None, str, str | None]:
+        """A v1.0 client request decoded: the client to match, or (None, error, ip)."""
         arrived = self.clock()
         try:
             poll = messages.decode_client_poll(body)
@@ -380,28 +510,67 @@ class SnowflakeRuntime:
         if bridge is None:
             self.log.debug("client request refused", method=method, reason=UNKNOWN_BRIDGE)
             return None, UNKNOWN_BRIDGE, ip
-        country = self._country(ip)
+        return _Client(poll, bridge, self._country(ip), ip, method, arrived)
+
+    def _client_denied(self, client: _Client) -> tuple[None, str, str | None]:
+        self._client_stats(client.method, client.country, client.poll.nat, "denied")
+        self.log.info("client denied: no proxies", method=client.method, nat=client.poll.nat)
+        return None, STR_NO_PROXIES, client.ip
+
+    def _client_answered(self, client: _Client, answer: str | None) -> tuple[str | None, str | None, str | None]:
+        method, nat = client.method, client.poll.nat
+        if answer is None:
+            self._client_stats(method, client.country, nat, "timeout")
+            self.log.info("client timed out waiting for an answer", method=method, nat=nat)
+            return None, STR_TIMED_OUT, client.ip
+        waited = self.clock() - client.arrived
+        self.status.rendezvous_done(waited)
+        self._client_stats(method, client.country, nat, "matched")
+        self.log.info("client matched", method=method, nat=nat, ms=round(waited * 1000, 1))
+        return answer, None, client.ip
+
+    async def _rendezvous(self, body: bytes, method: str, ip: str | None) -> tuple[str | None, str | None, str | None]:
+        """A v1.0 client request → (answer, error, ip used for metrics)."""
+        client = self._client_admit(body, method, ip)
+        if type(client) is not _Client:
+            return client  # type: ignore[return-value]
         asker = _Waiting()
-        info, effects = await self.pairing.ask(self.clock(), asker, self.client_pools[poll.nat],
-                                               (poll.offer, poll.nat, bridge.websocket_address))
+        info, effects = await self.pairing.ask(self.clock(), asker, self.client_pools[client.poll.nat], client.offer)
         if info is None:
-            self._client_stats(method, country, poll.nat, "denied")
-            self.log.info("client denied: no proxies", method=method, nat=poll.nat)
-            return None, STR_NO_PROXIES, ip
+            return self._client_denied(client)
         self._execute(effects)
         try:
             await asker.event.wait()
         finally:
             if not asker.event.is_set():  # the client hung up: free the match
                 await self._gone(asker)
-        if asker.result is None:
-            self._client_stats(method, country, poll.nat, "timeout")
-            self.log.info("client timed out waiting for an answer", method=method, nat=poll.nat)
-            return None, STR_TIMED_OUT, ip
-        self.status.rendezvous_done(self.clock() - arrived)
-        self._client_stats(method, country, poll.nat, "matched")
-        self.log.info("client matched", method=method, nat=poll.nat, ms=round((self.clock() - arrived) * 1000, 1))
-        return asker.result, None, ip
+        return self._client_answered(client, asker.result)
+
+    def _rendezvous_now(self, body: bytes, method: str, ip: str | None, done: Any, respond: Respond) -> Forget | None:
+        """:meth:`_rendezvous` without a task: ``done(answer, error)`` now or when the answer comes."""
+        client = self._client_admit(body, method, ip)
+        if type(client) is not _Client:
+            done(client[0], client[1])  # type: ignore[index]
+            return None
+
+        def then(answer: str | None) -> None:
+            result = self._client_answered(client, answer)
+            done(result[0], result[1])
+
+        asker = _Then(then, respond, "/client")
+        info, effects = self.now.ask_now(self.clock(), asker, self.client_pools[client.poll.nat], client.offer)
+        if info is None:
+            asker.delivered = True
+            done(None, self._client_denied(client)[1])
+            return None
+        self._execute(effects)
+
+        def forget() -> None:  # the client hung up: free the match
+            if not asker.delivered:
+                asker.delivered = True
+                self.now.gone_now(self.clock(), asker)
+
+        return forget
 
     async def sqs_offer(self, body: bytes) -> bytes:
         """A client poll that came as an SQS message → the JSON reply for the client's queue."""
@@ -410,26 +579,43 @@ class SnowflakeRuntime:
 
     def _client_stats(self, method: str, country: str, nat: str, status: str) -> None:
         self.descriptor.client(method, country, nat, status)
-        self.prom.client_poll.inc(nat=nat, status=status, cc=country, rendezvous_method=method)
+        self.prom.client_poll.inc_values(nat, status, country, method)
 
-    async def client_offer(self, request: HttpRequest) -> HttpResponse:
+    @staticmethod
+    def _client_body(request: HttpRequest) -> tuple[bool, bytes]:
+        """(legacy, the v1.0 body): a legacy client sends its bare offer and a NAT header."""
         body = request.body
-        legacy = body[:1] == b"{"
-        if legacy:
-            nat = request.headers.get("snowflake-nat-type", "")
-            body = messages.encode_client_request(body.decode("utf-8", "replace"), nat)
-        answer, error, _ = await self._rendezvous(body, "http", client_ip(request))
+        if body[:1] != b"{":
+            return False, body
+        nat = request.headers.get("snowflake-nat-type", "")
+        return True, messages.encode_client_request(body.decode("utf-8", "replace"), nat)
+
+    @staticmethod
+    def _client_reply(legacy: bool, answer: str | None, error: str | None) -> HttpResponse:
         if not legacy:
-            return HttpResponse(200, messages.encode_client_reply(answer, error), (TEXT,))
+            return HttpResponse(200, messages.encode_client_reply(answer, error), CORS_TEXT)
         if error is None and answer is not None:  # (an answer comes without an error)
-            return HttpResponse(200, answer.encode(), (TEXT,))
+            return HttpResponse(200, answer.encode(), CORS_TEXT)
         if error == STR_NO_PROXIES:
-            return HttpResponse(503)
+            return HttpResponse(503, b"", CORS)
         if error == STR_TIMED_OUT:
-            return HttpResponse(504)
+            return HttpResponse(504, b"", CORS)
         # A request that does not decode (a bad Snowflake-NAT-Type, say): Go's broker panics
         # here and drops the connection; the client's fault is a 400.
-        return HttpResponse(400)
+        return BAD_REQUEST
+
+    async def client_offer(self, request: HttpRequest) -> HttpResponse:
+        legacy, body = self._client_body(request)
+        answer, error, _ = await self._rendezvous(body, "http", client_ip(request))
+        return self._client_reply(legacy, answer, error)
+
+    def client_offer_now(self, request: HttpRequest, respond: Respond) -> Forget | None:
+        legacy, body = self._client_body(request)
+
+        def done(answer: str | None, error: str | None) -> None:
+            respond(self._client_reply(legacy, answer, error))
+
+        return self._rendezvous_now(body, "http", client_ip(request), done, respond)
 
     async def amp_client(self, request: HttpRequest) -> HttpResponse:
         answer: str | None

@@ -12,8 +12,8 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from prometheus_client import Counter, Gauge
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client import Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 PROXY_TYPES = ("iptproxy", "standalone", "webext", "badge")
@@ -43,6 +43,10 @@ class RoundedCounter(Collector):
     def inc(self, **labels: str) -> None:
         self.values[tuple(labels[name] for name in self.labels)] += 1
 
+    def inc_values(self, *values: str) -> None:
+        """:meth:`inc` with the label values in the counter's label order (the hot path's)."""
+        self.values[values] += 1
+
     def collect(self):
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
         for key, value in sorted(self.values.items()):
@@ -53,20 +57,66 @@ class RoundedCounter(Collector):
         return [CounterMetricFamily(self.name, self.documentation, labels=self.labels)]
 
 
+class Level:
+    """One labelled value of :class:`Levels`."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+
+class Levels(Collector):
+    """A labelled gauge without prometheus_client's per-value lock (one event loop moves it,
+    once or twice per request)."""
+
+    def __init__(self, name: str, documentation: str, labels: Iterable[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self.levels: dict[tuple[str, ...], Level] = {}
+
+    def level(self, *values: str) -> Level:
+        level = self.levels.get(values)
+        if level is None:
+            level = self.levels[values] = Level()
+        return level
+
+    def collect(self):
+        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labels)
+        for key, level in sorted(self.levels.items()):
+            family.add_metric(list(key), level.value)
+        yield family
+
+    def describe(self):
+        return [GaugeMetricFamily(self.name, self.documentation, labels=self.labels)]
+
+
 class Prometheus:
     """The ``snowflake_*`` metrics of the Go broker (HEAD labels)."""
 
     def __init__(self, registry) -> None:
         self.proxy_total = Counter("snowflake_proxy", "The number of unique snowflake IPs", ["type", "nat", "cc"], registry=registry)
-        self.available_proxies = Gauge("snowflake_available_proxies", "The number of currently available snowflake proxies", ["type", "nat"], registry=registry)
+        self.available_proxies = Levels("snowflake_available_proxies", "The number of currently available snowflake proxies", ["type", "nat"])
         self.proxy_poll = RoundedCounter("snowflake_rounded_proxy_poll", "The number of snowflake proxy polls, rounded up to a multiple of 8", ["nat", "type", "status"])
         self.proxy_answer = RoundedCounter("snowflake_rounded_proxy_answer", "The number of snowflake proxy answers, rounded up to a multiple of 8", ["type", "status"])
         self.with_relay = RoundedCounter("snowflake_rounded_proxy_poll_with_relay_url_extension", "The number of snowflake proxy polls with Relay URL Extension, rounded up to a multiple of 8", ["nat", "type"])
         self.without_relay = RoundedCounter("snowflake_rounded_proxy_poll_without_relay_url_extension", "The number of snowflake proxy polls without Relay URL Extension, rounded up to a multiple of 8", ["nat", "type"])
         self.rejected_relay = RoundedCounter("snowflake_rounded_proxy_poll_rejected_relay_url_extension", "The number of snowflake proxy polls rejected by Relay URL Extension, rounded up to a multiple of 8", ["nat", "type"])
         self.client_poll = RoundedCounter("snowflake_rounded_client_poll", "The number of snowflake client polls, rounded up to a multiple of 8", ["nat", "status", "cc", "rendezvous_method"])
-        for collector in (self.proxy_poll, self.proxy_answer, self.with_relay, self.without_relay, self.rejected_relay, self.client_poll):
+        for collector in (self.available_proxies, self.proxy_poll, self.proxy_answer, self.with_relay, self.without_relay, self.rejected_relay, self.client_poll):
             registry.register(collector)
+
+
+    def available(self, proxy_type: str, nat: str) -> Level:
+        """The ``snowflake_available_proxies`` level for these labels."""
+        return self.available_proxies.level(proxy_type, nat)
 
 
 class Descriptor:

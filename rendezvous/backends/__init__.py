@@ -15,6 +15,7 @@ from rendezvous.backends.base import (
     BackendSettings,
     BackendUnavailable,
     Codec,
+    ImmediatePairingStore,
     MsgpackCodec,
     PairingStore,
     ReportStore,
@@ -36,7 +37,7 @@ def create_backend(name: str = DEFAULT, settings: BackendSettings | None = None)
 
 
 __all__ = [
-    "BACKENDS", "DEFAULT", "Backend", "BackendError", "BackendSettings", "BackendUnavailable", "Codec", "MsgpackCodec",
+    "BACKENDS", "DEFAULT", "Backend", "BackendError", "BackendSettings", "BackendUnavailable", "Codec", "ImmediatePairingStore", "MsgpackCodec",
     "PairingStore", "ReportStore",
     "available", "create_backend",
 ]

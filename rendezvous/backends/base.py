@@ -121,6 +121,20 @@ class PairingStore(Protocol):
 
 
 @runtime_checkable
+class ImmediatePairingStore(Protocol):
+    """A :class:`PairingStore` that never suspends (``memory``) also offers its calls as plain
+    methods: a profile can then answer without a task (an immediate exchange handler)."""
+
+    def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]: ...
+
+    def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]: ...
+
+    def answer_now(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]: ...
+
+    def gone_now(self, now: float, party: Hashable) -> list[Effect]: ...
+
+
+@runtime_checkable
 class ReportStore(Protocol):
     """A report made once per period for the whole cluster (Snowflake's CollecTor descriptor):
     every node hands in its part when a period ends, one node (whichever takes the period's

@@ -50,26 +50,39 @@ class MemoryPairingStore:
                 self._asker_info.pop(effect.party, None)
         return effects
 
-    async def wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
+    # Plain calls (an ImmediatePairingStore), and the same as a PairingStore's async ones.
+    def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
         effects = self._pairing.wait(now, sid, party, pool, order, info)
-        self._driver.poke()
+        self._driver.poke(now + self.hold_timeout)
         return effects
 
-    async def ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
+    def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
         info, effects = self._pairing.ask(now, party, pools, offer)
         if type(effects[0]) is Deliver:
             self._asker_info[party] = info
-            self._driver.poke()
+            self._driver.poke(now + self.answer_timeout)
         return info, effects
 
-    async def answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
+    def answer_now(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
         effects = self._pairing.answer(now, sid, answer)
         first = effects[0]
         return (self._asker_info.pop(first.to, None) if type(first) is Deliver else None), effects
 
-    async def gone(self, now: float, party: Hashable) -> list[Effect]:
+    def gone_now(self, now: float, party: Hashable) -> list[Effect]:
         self._asker_info.pop(party, None)
         return self._pairing.gone(now, party)
+
+    async def wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
+        return self.wait_now(now, sid, party, pool, order, info)
+
+    async def ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
+        return self.ask_now(now, party, pools, offer)
+
+    async def answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
+        return self.answer_now(now, sid, answer)
+
+    async def gone(self, now: float, party: Hashable) -> list[Effect]:
+        return self.gone_now(now, party)
 
     async def drain(self, now: float) -> list[Effect]:
         return self._forget(self._pairing.drain(now))

@@ -44,10 +44,12 @@ class Driver:
         self._wake: asyncio.Future[None] | None = None
         self._sleeping_until = math.inf
 
-    def poke(self) -> None:
+    def poke(self, at: float | None = None) -> None:
+        """Deadlines changed: wake if one is now earlier than the one slept for. ``at``: the
+        deadline just added, when the caller knows it (no look at the matcher's heap)."""
         if self._wake is None:
             return  # awake: it looks at the deadlines before sleeping again
-        deadline = self.matcher.next_deadline()
+        deadline = self.matcher.next_deadline() if at is None else at
         if deadline is not None and deadline < self._sleeping_until:
             self._wake_up()
 

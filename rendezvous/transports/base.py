@@ -154,6 +154,36 @@ class HttpResponse:
 ExchangeHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 METHOD_NOT_ALLOWED = HttpResponse.text(405, "method not allowed\n")
 
+#: Hands a request its response: called exactly once, at once or later (further calls are ignored).
+Respond = Callable[[HttpResponse], None]
+#: Called instead, when the client leaves before its response: the handler forgets the request.
+Forget = Callable[[], None]
+#: An exchange handler in callback form: no task, no coroutine. It calls ``respond`` now (a
+#: request answered at once) or keeps it (a long-poll: called when the answer arrives), and
+#: returns what to call if the client leaves first, or None.
+ImmediateHandler = Callable[[HttpRequest, Respond], Forget | None]
+
+
+def awaitable(immediate: ImmediateHandler) -> ExchangeHandler:
+    """``immediate`` as an ordinary exchange handler, for carriers that run one per task."""
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        future: asyncio.Future[HttpResponse] = asyncio.get_running_loop().create_future()
+
+        def respond(response: HttpResponse) -> None:
+            if not future.done():
+                future.set_result(response)
+
+        forget = immediate(request, respond)
+        try:
+            return await future
+        finally:
+            # Cancelled (the client left): the task's cancel cancels the future, so no response came.
+            if forget is not None and (not future.done() or future.cancelled()):
+                forget()
+
+    return handler
+
 
 @attrs.frozen
 class ChannelRoute:
@@ -173,6 +203,15 @@ class ExchangeRoute:
     methods: frozenset[str] = frozenset()
     max_body_size: int = 100_000
     too_large_status: int = 400  # Go's MaxBytesReader brokers answer 400; others prefer 413
+    #: the same handler in callback form, for carriers that can run it without a task (the
+    #: native server); build such a route with :meth:`immediate_route`
+    immediate: ImmediateHandler | None = None
+
+    @classmethod
+    def immediate_route(cls, path: str, immediate: ImmediateHandler, methods: frozenset[str] = frozenset(),
+                        max_body_size: int = 100_000, too_large_status: int = 400) -> ExchangeRoute:
+        """A route whose handler is ``immediate``; carriers without a callback path await it."""
+        return cls(path, awaitable(immediate), methods, max_body_size, too_large_status, immediate)
 
     def refusal(self, method: str) -> HttpResponse | None:
         """The answer to a request this route does not take by its method (405), else None."""

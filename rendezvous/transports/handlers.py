@@ -19,8 +19,10 @@ from rendezvous.transports.base import (
     ChannelClosed,
     ChannelRoute,
     ExchangeRoute,
+    Forget,
     HttpRequest,
     HttpResponse,
+    Respond,
     SessionRoute,
 )
 
@@ -31,13 +33,23 @@ _BAD_NAME = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 
 
+# Headers found fine before (a profile's constant headers, mostly): a set lookup, not two scans.
+_FINE: set[tuple[str, str]] = set()
+_FINE_MAX = 4096
+
+
 def header_problem(headers: object) -> str | None:
     """Why ``headers`` (name, value pairs) cannot be written as they are, or None."""
-    for name, value in headers:  # type: ignore[attr-defined]
+    for pair in headers:  # type: ignore[attr-defined]
+        if pair in _FINE:
+            continue
+        name, value = pair
         if not name or _BAD_NAME.search(name):
             return f"bad header name {name!r}"
         if _BAD_VALUE.search(value):
             return f"bad value for header {name!r}"
+        if len(_FINE) < _FINE_MAX:
+            _FINE.add((name, value))
     return None
 
 
@@ -69,6 +81,32 @@ async def run_exchange(route: ExchangeRoute, request: HttpRequest, too_large: bo
     if response.headers and (problem := header_problem(response.headers)) is not None:
         return internal_error(route.path, problem)
     return response
+
+
+def run_exchange_now(route: ExchangeRoute, request: HttpRequest, too_large: bool, respond: Respond) -> Forget | None:
+    """:func:`run_exchange` for a route's ``immediate`` handler: ``respond`` gets the response,
+    now or later (the same rules: 405, the body cap, a logged 500 for an exception or a bad
+    header); returns what to call if the client leaves before it. ``respond`` must ignore
+    a second call (a handler that raises after responding)."""
+    refused = route.refusal(request.method)
+    if refused is not None:
+        respond(refused)
+        return None
+    if too_large:
+        respond(HttpResponse(route.too_large_status))
+        return None
+    path = route.path
+
+    def checked(response: HttpResponse) -> None:
+        if response.headers and (problem := header_problem(response.headers)) is not None:
+            response = internal_error(path, problem)
+        respond(response)
+
+    try:
+        return route.immediate(request, checked)  # type: ignore[misc]
+    except Exception:
+        respond(internal_error(path))
+        return None
 
 
 async def run_channel(route: ChannelRoute | SessionRoute, channel: Channel) -> None:

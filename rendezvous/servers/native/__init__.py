@@ -45,9 +45,9 @@ class ServerState:
             task.add_done_callback(self.channel_tasks.discard)
         return task
 
-    def busy(self) -> list[asyncio.Task[Any]]:
-        """The handlers still running."""
-        running = [c.task for c in self.connections if c.task is not None and not c.task.done()]
+    def busy(self) -> list[Any]:
+        """The handlers still running (tasks, and requests waiting without one: ``done``/``cancel``)."""
+        running: list[Any] = [c.task for c in self.connections if c.task is not None and not c.task.done()]
         return running + [t for t in self.channel_tasks if t not in running]
 
 

@@ -24,8 +24,16 @@ import httptools
 from rendezvous.servers.native.asgi import asgi_fallback
 from rendezvous.servers.native.channel import NativeChannel
 from rendezvous.servers.native.websocket import Close, FrameReader, Ping, ProtocolError, close_frame, pong_frame
-from rendezvous.transports.base import ChannelRoute, ConnectionInfo, ExchangeRoute, HttpRequest, header_map
-from rendezvous.transports.handlers import run_channel, run_exchange
+from rendezvous.transports.base import (
+    ChannelRoute,
+    ConnectionInfo,
+    ExchangeRoute,
+    Forget,
+    HttpRequest,
+    HttpResponse,
+    header_map,
+)
+from rendezvous.transports.handlers import run_channel, run_exchange, run_exchange_now
 
 if TYPE_CHECKING:
     from rendezvous.servers.native import ServerState
@@ -50,6 +58,45 @@ def status_line(status: int) -> bytes:
 def split_url(url: bytes) -> tuple[str, str]:
     path, _, query = url.decode("latin-1").partition("?")
     return (unquote(path) if "%" in path else path), query
+
+
+class _Immediate:
+    """A request whose route answers it without a task, while it waits: stands in for the
+    handler's task (``done``/``cancel``) and is the handler's ``respond``."""
+
+    __slots__ = ("connection", "finished", "forget", "request")
+
+    def __init__(self, connection: Connection, request: _Request) -> None:
+        self.connection = connection
+        self.request = request
+        self.finished = False
+        self.forget: Forget | None = None
+
+    def __call__(self, response: HttpResponse) -> None:
+        if not self.finished:
+            self.finished = True
+            self.forget = None
+            self.connection._finish(self.request, response)
+
+    def done(self) -> bool:
+        return self.finished
+
+    def cancel(self) -> bool:
+        """The client left (or the server stops): the handler forgets the request, and the
+        connection closes (as a cancelled handler's task does)."""
+        if self.finished:
+            return False
+        self.finished = True
+        forget, self.forget = self.forget, None
+        connection = self.connection
+        connection.task = None
+        connection.requests.clear()
+        try:
+            if forget is not None:
+                forget()
+        finally:
+            connection.close_transport()
+        return True
 
 
 class _Reject(Exception):
@@ -115,7 +162,9 @@ class Connection(asyncio.Protocol):
         self.too_large = False
         # requests parsed, waiting for their answers (in order)
         self.requests: collections.deque[_Request] = collections.deque()
-        self.task: asyncio.Task[Any] | None = None
+        #: the request in progress: its handler's task, or an :class:`_Immediate` waiting
+        self.task: asyncio.Task[Any] | _Immediate | None = None
+        self.serving = False  # in _serve_next (an immediate answer continues the queue there)
         # WebSocket
         self.websocket: NativeChannel | None = None
         self.reader: FrameReader | None = None
@@ -276,7 +325,7 @@ class Connection(asyncio.Protocol):
         if len(self.requests) >= PIPELINE:
             self.pause(_QUEUED)  # a client pipelining far ahead waits for its answers
         if self.task is None:
-            self.task = self.server.spawn(self._handle_http())
+            self._serve_next()
 
     # -- timers and flow control ------------------------------------------------------------
     def _arm(self, delay: float, callback: Any) -> None:
@@ -391,8 +440,54 @@ class Connection(asyncio.Protocol):
         self.close_transport()
 
     # -- HTTP -------------------------------------------------------------------------------
+    def _serve_next(self) -> None:
+        """Answer queued requests in order (HTTP/1.1 pipelining): a route with an immediate
+        handler in this call, without a task (a long-poll keeps its :class:`_Immediate` as
+        ``self.task`` until answered); any other in a task that takes the rest of the queue."""
+        self.serving = True
+        try:
+            while self.requests and not self.lost and self.task is None:
+                req = self.requests[0]
+                route = req.route
+                if route is None or route.immediate is None:
+                    self.task = self.server.spawn(self._handle_http())
+                    return
+                self.requests.popleft()
+                pending = self.task = _Immediate(self, req)
+                request = HttpRequest(req.method, req.path, req.query, header_map(req.headers), req.body, self.client[0])
+                forget = run_exchange_now(route, request, req.too_large, pending)
+                if not pending.finished:
+                    pending.forget = forget  # a long-poll: answered (or forgotten) later
+                    return
+        finally:
+            self.serving = False
+        if self.task is None and not self.requests:
+            self._idle()
+
+    def _finish(self, req: _Request, response: HttpResponse) -> None:
+        """The immediate handler's response to ``req`` (the request in progress)."""
+        self.task = None
+        if self.lost:
+            return
+        keep_alive = req.keep_alive and not self.server.closing
+        self.respond(response.status, b"" if req.method == "HEAD" else response.body, response.headers, keep_alive)
+        if not keep_alive:
+            self.requests.clear()
+            self.close_transport()
+            return
+        self.resume(_QUEUED)
+        if not self.serving:  # answered later (a long-poll): go on with the queue
+            self._serve_next()
+
+    def _idle(self) -> None:
+        """Every request answered."""
+        if self.eof and not self.lost:
+            self.close_transport()
+        elif not self.lost and not self.reading_head:
+            self._arm(self.server.options.keep_alive, self._idle_timeout)
+
     async def _handle_http(self) -> None:
-        """Answer queued requests in order (HTTP/1.1 pipelining), then go back to reading."""
+        """Answer queued requests in order in this task, then go back to reading."""
         while self.requests and not self.lost:
             request = self.requests.popleft()
             keep_alive = await self._answer(request) and not self.server.closing
@@ -402,10 +497,7 @@ class Connection(asyncio.Protocol):
                 break
             self.resume(_QUEUED)
         self.task = None
-        if self.eof and not self.lost:
-            self.close_transport()
-        elif not self.lost and not self.reading_head:
-            self._arm(self.server.options.keep_alive, self._idle_timeout)
+        self._idle()
 
     async def _answer(self, req: _Request) -> bool:
         path, query, route = req.path, req.query, req.route
