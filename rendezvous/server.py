@@ -202,7 +202,7 @@ async def running(config: Config, *, clock: Callable[[], float] = time.monotonic
         profile_registry = new_registry() if several else registry
         if several:
             registry.register(ProfileLabelled(name, profile_registry))
-        context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}"), clock,
+        context = ProfileContext(name, profile_settings, profile_registry, rlog.get_logger(f"rendezvous.{name}").bind(), clock,
                                  lambda: late.get("webtransport"), backend)
         runtime = profile.create(context)
         runtimes[name] = runtime

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import re
@@ -82,6 +83,7 @@ class NameMatcher:
         return other.rule.endswith(self.rule)
 
 
+@functools.lru_cache(maxsize=1024)  # (every proxy of a kind sends the same pattern)
 def relay_pattern_accepted(proxy_pattern: str, broker_pattern: str) -> bool:
     """The proxy's accepted pattern must cover the broker's allowed pattern."""
     return NameMatcher.parse(proxy_pattern).is_superset_of(NameMatcher.parse(broker_pattern))

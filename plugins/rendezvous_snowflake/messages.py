@@ -9,6 +9,7 @@ fails the whole decode. Replies are Go ``json.Marshal`` output: struct field ord
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import attrs
@@ -43,25 +44,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
-# The plain C decoder, refusing NaN and Infinity (Go does).
-_plain_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+# The C scanner, refusing NaN and Infinity (Go does), objects as their pairs.
+_scan = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=tuple).scan_once  # type: ignore[attr-defined]
 
 
 def _plain_fields(data: bytes, schema: dict[str, type], names: dict[str, str]) -> dict[str, Any] | None:
-    """The common request decoded in C: UTF-8 with no ``\\u`` escapes, one object whose
-    known keys are spelled as the struct's fields, each once, with a value of the right type.
-    None for anything else, which :func:`decode_object` then decodes as Go does (the same
-    result for every input this accepts: these are the cases where Go's rules and
-    :mod:`json`'s agree)."""
+    """The common request decoded in C: UTF-8 with no ``\\u`` escapes, exactly one object
+    (nothing around it) whose known keys are spelled as the struct's fields, each once, with
+    a value of the right type. None for anything else, which :func:`decode_object` then
+    decodes as Go does (the same result for every input this accepts: these are the cases
+    where Go's rules and :mod:`json`'s agree)."""
     if b"\\u" in data:
         return None  # (surrogate escapes: Go's replacement rules)
     try:
-        value = _plain_json(data.decode("utf-8"))
-    except (ValueError, RecursionError):
+        text = data.decode("utf-8")
+        pairs, end = _scan(text, 0)
+    except (ValueError, RecursionError, StopIteration):
         return None
-    if type(value) is not dict:
+    if type(pairs) is not tuple or end != len(text):
         return None
-    for key, item in value.items():
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        return None  # a key twice (Go reads each pair in turn)
+    for key, item in pairs:
         want = schema.get(key)
         if want is None:
             if not key.isascii() or key.lower() in names:
@@ -72,9 +77,7 @@ def _plain_fields(data: bytes, schema: dict[str, type], names: dict[str, str]) -
                 return None
         elif not _is_int64(item):
             return None
-        if data.count(b'"%s"' % key.encode()) != 1:
-            return None  # the key twice (Go reads each pair in turn)
-    return value
+    return fields
 
 
 def _go_type_name(value: Any) -> str:
@@ -219,8 +222,13 @@ class ClientPoll:
     fingerprint: str  # upper-case hex, 40 or 64 characters
 
 
+_HEX = re.compile("[0-9a-fA-F]*")
+
+
 def _go_hex_error(text: str) -> str | None:
     """hex.DecodeString's error: the first invalid byte (``%#U``), else an odd length."""
+    if _HEX.fullmatch(text):
+        return "encoding/hex: odd length hex string" if len(text) % 2 else None
     for byte in text.encode("utf-8"):
         if chr(byte) not in "0123456789abcdefABCDEF":
             return f"encoding/hex: invalid byte: U+{byte:04X} '{chr(byte)}'"

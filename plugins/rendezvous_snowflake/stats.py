@@ -119,6 +119,9 @@ class Prometheus:
         return self.available_proxies.level(proxy_type, nat)
 
 
+_METHOD_COUNT = {method: f"client-{method}-count" for method in METHODS}
+
+
 class Descriptor:
     """The counters behind the text descriptor; :meth:`dump` renders and resets them."""
 
@@ -138,7 +141,7 @@ class Descriptor:
         return True
 
     def client(self, method: str, country: str, nat: str, status: str) -> None:
-        self.counts[f"client-{method}-count"] += 1
+        self.counts[_METHOD_COUNT.get(method) or f"client-{method}-count"] += 1
         self.client_ips[method][country] += 1
         if status == "denied":
             self.counts["client-denied-count"] += 1

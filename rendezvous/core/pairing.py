@@ -106,7 +106,9 @@ class Pairing(Generic[P]):
         waiter = _Waiter(sid, party, pool, order, now + self.hold_timeout, info)
         self._by_sid[sid] = waiter
         self._by_party[party] = waiter
-        entry = self._pools.setdefault(pool, _Pool())
+        entry = self._pools.get(pool)
+        if entry is None:
+            entry = self._pools[pool] = _Pool()
         heapq.heappush(entry.heap, (order, next(self._seq), waiter))
         entry.live += 1
         self._active += 1

@@ -55,6 +55,22 @@ def status_line(status: int) -> bytes:
     return _STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status
 
 
+_BLOCKS: dict[Any, bytes] = {}
+
+
+def header_block(headers: Sequence[tuple[str, str]]) -> bytes:
+    """``headers`` as written on the wire; a route's constant header tuples are encoded once."""
+    try:
+        block = _BLOCKS.get(headers)
+    except TypeError:  # (a list: not hashable)
+        block = None
+    if block is None:
+        block = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+        if type(headers) is tuple and len(_BLOCKS) < 1024:
+            _BLOCKS[headers] = block
+    return block
+
+
 def split_url(url: bytes) -> tuple[str, str]:
     path, _, query = url.decode("latin-1").partition("?")
     return (unquote(path) if "%" in path else path), query
@@ -421,9 +437,7 @@ class Connection(asyncio.Protocol):
     def respond(self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = (), keep_alive: bool = True) -> None:
         """Write one response. Header values were checked by the exchange runner (or come
         from the ASGI app), so they hold no CR/LF and encode as Latin-1."""
-        lines = [status_line(status)]
-        for name, value in headers:
-            lines.append(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")))
+        lines = [status_line(status), header_block(headers)]
         lines.append(b"content-length: %d\r\n" % len(body))
         if not keep_alive:
             lines.append(b"connection: close\r\n")
