@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import re
 import secrets
 import time
@@ -233,8 +234,10 @@ class RedisRoutingStore:
         return effects
 
     async def resync(self) -> list[Effect]:
-        """After the bus reconnected: root events may have been lost, so read the current root."""
-        await self._sync()
+        """After the bus reconnected: root events may have been lost, so read the current root
+        (the next beat does, should Redis not answer now)."""
+        with contextlib.suppress(BackendUnavailable, RedisError):
+            await self._sync()
         return []
 
     async def reap(self) -> None:
