@@ -551,3 +551,57 @@ async def test_a_node_that_cannot_reach_redis_refuses_new_parties_and_drops_cros
             assert q not in (p2, p)
     finally:
         server.stop()
+
+
+async def test_a_lost_root_event_is_made_up_at_the_next_beat(redis_server, redis_prefix):
+    options = {"endpoint_lifetime": 30.0, "keepalive_interval": 15.0}
+    async with redis_route_nodes(redis_server.url, redis_prefix, 2, node_ttl=TTL, **options) as (a, b):
+        await a.root(0.0, "r1")
+        await settled(a, b, root="r1")
+        hear = b.store.on_message
+        b.store.on_message = lambda kind, token, payload: [] if kind == b"e" else hear(kind, token, payload)
+        await a.root(0.0, "r2")  # B never hears of it on the bus ...
+        await settled(b, a, root="r2")  # ... and knows within a beat (node_ttl / 3)
+        b.store.on_message = hear
+
+
+async def test_a_receiver_that_does_not_read_holds_up_only_its_own_messages(redis_server, redis_prefix):
+    options = {"endpoint_lifetime": 30.0, "keepalive_interval": 15.0}
+    async with redis_route_nodes(redis_server.url, redis_prefix, 2, **options) as (a, b):
+        stuck = anyio.Event()
+        record = b.store.execute
+
+        async def execute(effects):  # sending to "slow" blocks, as a full socket buffer does
+            if any(type(e) is Deliver and e.to == "slow" for e in effects):
+                await stuck.wait()
+            await record(effects)
+
+        b.store.attach(execute)
+        await a.join(0.0, "sender")
+        slow = await b.join(0.0, "slow")
+        fast = await b.join(0.0, "fast")
+        for k in range(3):
+            await a.route(0.0, "sender", slow, k)
+            await a.route(0.0, "sender", fast, k)
+        await wait_until(lambda: len(b.got("fast")) == 3)
+        assert [p for p, _ in b.got("fast")] == [0, 1, 2] and b.got("slow") == []
+        stuck.set()
+        await wait_until(lambda: len(b.got("slow")) == 3)
+        assert [p for p, _ in b.got("slow")] == [0, 1, 2]
+
+
+async def test_a_root_whose_handler_is_cancelled_while_opening_is_closed_again(redis_server, redis_prefix):
+    options = {"endpoint_lifetime": 30.0, "keepalive_interval": 15.0, "root_policy": RootPolicy.REJECT}
+    async with redis_route_nodes(redis_server.url, redis_prefix, 2, **options) as (a, b):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await a.store.open_root(0.0, "cancelled")  # its script runs; its reply finds nobody waiting
+        assert not a.store.router.is_root("cancelled")
+
+        async def opens() -> bool:
+            effects = await b.store.open_root(0.0, "r2")
+            return effects == []
+
+        with anyio.fail_after(5):
+            while not await opens():  # the cancelled one's record goes: a root may open again
+                await anyio.sleep(0.02)
