@@ -244,9 +244,14 @@ class RedisRoutingStore:
         """At every beat: dead nodes' slots and roots leave (the policy applies), the keys' TTLs
         are renewed, the current root is read again, and roots whose close was lost are closed."""
         for token in list(self._unclosed):
-            reply = await self._mux.eval(OV_ROOT_CLOSE, *self._head(), _hex(token))
+            try:
+                reply = await self._mux.eval(OV_ROOT_CLOSE, *self._head(), _hex(token))
+            except RedisError as exc:  # (not BackendUnavailable: that ends this beat's work, tried again at the next)
+                self._node.log.error("overlay: closing a root failed", error=str(exc))
+                reply = None
             self._unclosed.discard(token)
-            self._apply(reply[1], reply[2])
+            if reply is not None:
+                self._apply(reply[1], reply[2])
         await self._sync()
 
     async def tidy(self) -> None:
