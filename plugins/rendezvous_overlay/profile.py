@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import hashlib
 import hmac
 import json
 import pathlib
@@ -11,18 +12,18 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio
 import attrs
 from prometheus_client import Counter, Gauge, Histogram
 
 from rendezvous.core import Answered, Close, Deliver, Dropped, Keepalive, RootPolicy, Router
-from rendezvous.core.driver import Driver
-from rendezvous.core.ids import random_ids, seeded_ids
+from rendezvous.core.ids import seeded_ids
 from rendezvous.core.limits import KeyedRateLimiter
 from rendezvous.errors import ConfigError
 from rendezvous.profile import ProfileContext
 from rendezvous.settings import non_negative, positive, setting
 from rendezvous.transports.base import Channel, ChannelClosed, ChannelRoute, SendTimeout
-from rendezvous_overlay.codec import HEARTBEAT, BadFrame, Opaque, decode, encode
+from rendezvous_overlay.codec import HEARTBEAT, BadFrame, Frames, Opaque, decode, encode
 from rendezvous_overlay.status import OverlayStatus
 
 ROOT_SUFFIX = "/webrtc-bootstrap-root"
@@ -54,7 +55,9 @@ class OverlaySettings:
     )
     bad_message: BadMessagePolicy = setting(BadMessagePolicy.DROP, help="non-JSON or null frames: drop, or close 1007")
     public: pathlib.Path | None = setting(None, help="directory of static files served over plain HTTP GET")
-    seed: int | None = setting(None, help="testing only: seeded ids as the original's opts.seed (per instance)", validator=non_negative)
+    seed: int | None = setting(
+        None, help="testing only: seeded ids as the original's opts.seed (per instance; one node only)", validator=non_negative
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.secret is not None and self.secret == "":
@@ -68,6 +71,7 @@ class OverlayProfile:
     summary = "webrtc-bootstrap 4.4.1 compatible signalling for WebRTC tree overlays (WebSocket)"
     settings = OverlaySettings
     default_port = 5000
+    distributed = True  # nodes of a cluster share the overlay (backend = "redis"): roots and joiners on any node
     server_env: Mapping[str, Sequence[str]] = {"port": ("PORT",)}
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
@@ -122,17 +126,31 @@ class OverlayRuntime:
         self.generated_secret = settings.secret is None
         self.secret = settings.secret if settings.secret is not None else secrets.token_hex(16)
         self._secret_path = ("/" + self.secret + ROOT_SUFFIX).encode()
-        self.router: Router[Channel] = Router(
+        backend = context.backend
+        if settings.seed and backend.distributed:
+            raise ConfigError(f"overlay.seed: seeded ids cannot work on the {backend.name} backend (its ids name the node "
+                              "that holds them); unset seed, or serve one node with backend = \"memory\"")
+        if self.generated_secret and backend.distributed:
+            raise ConfigError(f"overlay.secret: the nodes of a cluster ({backend.name} backend) must share one secret; "
+                              "set SECRET or [overlay] secret")
+        # Where the routing state lives: this process (memory), or shared by a cluster's nodes.
+        self.store = backend.routing(
+            _namespace(self.secret),
             endpoint_lifetime=settings.timeout,
             keepalive_interval=settings.heartbeat_interval,
             root_policy=settings.root_policy,
             max_endpoints=settings.max_prospects,
-            ids=seeded_ids(settings.seed) if settings.seed else random_ids(),
+            ids=seeded_ids(settings.seed) if settings.seed else None,
+            clock=context.clock,
+            codec=Frames(),
         )
+        self.store.attach(self.execute)
+        self.router: Router[Channel] = self.store.router  # this node's endpoints and roots
         self.limiter = KeyedRateLimiter(settings.join_rate, settings.join_burst) if settings.join_rate else None
         self.metrics = _Metrics(context.metrics)
+        # Read when scraped: on a cluster the current root may change on another node.
+        self.metrics.root_connected.set_function(lambda: 1 if self.router.root_connected else 0)
         self.status = OverlayStatus(self)  # the status page's numbers
-        self.driver = Driver(self.router, self.execute, context.clock)
         self.routes = [
             ChannelRoute("/join", self.join, settings.max_message_size),
             ChannelRoute("/*" + ROOT_SUFFIX, self.root, settings.max_message_size),
@@ -149,7 +167,7 @@ class OverlayRuntime:
         return lines
 
     async def run(self) -> None:
-        await self.driver.run()
+        await self.store.run()
 
     # -- effects -------------------------------------------------------------------------
     async def execute(self, effects: Sequence[Any]) -> None:
@@ -201,23 +219,22 @@ class OverlayRuntime:
             self.log.debug("join refused: rate limited", client=channel.info.client_host)
             await channel.close(CLOSE_TRY_AGAIN_LATER, "rate limited")
             return
-        endpoint_id, effects = self.router.open_endpoint(now, channel)
+        endpoint_id, effects = await self.store.open_endpoint(now, channel)
         if endpoint_id is None:
             await self.execute(effects)
             return
         self.metrics.joins.inc()
         self.metrics.prospects.inc()
-        self.driver.poke()
         self.log.debug("prospect connected", id=endpoint_id)
         try:
             await self._pump_prospect(channel)
         finally:
-            self.router.closed(self.clock(), channel)
+            await self.store.closed(self.clock(), channel)  # (an endpoint's close never suspends)
             self.metrics.prospects.dec()
             self.log.debug("prospect closed", id=endpoint_id)
 
     async def _pump_prospect(self, channel: Channel) -> None:
-        router = self.router
+        store = self.store
         clock = self.clock
         execute = self.execute
         while True:
@@ -232,11 +249,11 @@ class OverlayRuntime:
                     return
                 continue
             if isinstance(parsed, Opaque):
-                effects = router.route_unstamped(clock(), channel, parsed.value)
+                effects = await store.route_unstamped(clock(), channel, parsed.value)
             elif not parsed.destination_valid:
                 effects = [Dropped("unknown_destination")]
             else:
-                effects = router.route(clock(), channel, parsed.destination, parsed.message)
+                effects = await store.route(clock(), channel, parsed.destination, parsed.message)
             await execute(effects)
 
     async def root(self, channel: Channel) -> None:
@@ -247,13 +264,11 @@ class OverlayRuntime:
             await channel.refuse(403)
             return
         await channel.accept(self._first_subprotocol(channel))
-        effects = self.router.open_root(self.clock(), channel)
+        effects = await self.store.open_root(self.clock(), channel)
         if effects:
             await self.execute(effects)
             return
         self.metrics.roots.inc()
-        self._update_root_gauge()
-        self.driver.poke()
         self.log.info("root connected", roots=self.router.root_count, client=channel.info.client_host)
         try:
             while True:
@@ -262,9 +277,13 @@ class OverlayRuntime:
                 if frame not in (HEARTBEAT, "heartbeat", b"heartbeat", HEARTBEAT.encode()):
                     self.metrics.dropped.labels("from_root").inc()
         finally:
-            self.router.closed(self.clock(), channel)
-            self._update_root_gauge()
+            with anyio.CancelScope(shield=True):  # a shared store hears of it even if the handler is cancelled
+                await self.store.closed(self.clock(), channel)
             self.log.info("root closed", roots=self.router.root_count)
 
-    def _update_root_gauge(self) -> None:
-        self.metrics.root_connected.set(1 if self.router.root_connected else 0)
+
+
+def _namespace(secret: str) -> str:
+    """The routing store's name: nodes serving one secret share one overlay, and the secret
+    itself never becomes a key (a digest of it does)."""
+    return "ov:" + hashlib.sha256(secret.encode()).hexdigest()[:16]

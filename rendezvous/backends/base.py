@@ -9,6 +9,9 @@ Effects come back two ways: as the return value of the call that caused them (th
 on this node and the outcome is known at once), or later through the ``execute`` callback
 given to :meth:`PairingStore.attach` (a timer fired, or another node matched or answered a
 party held here). Either way they only ever name parties held on this node.
+
+Stores: :class:`PairingStore` (Snowflake's offer/answer pairing), :class:`RoutingStore` (the
+overlay's tree-root routing), :class:`ReportStore` (a report written once per cluster).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import msgpack
 
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Effect
+from rendezvous.core.ids import IdSource
+from rendezvous.core.routing import RootPolicy, Router
 from rendezvous.errors import RendezvousError
 from rendezvous.settings import positive
 
@@ -65,6 +70,27 @@ class MsgpackCodec:
 
     def dumps(self, value: Any) -> bytes:
         return msgpack.packb(value, use_bin_type=True)
+
+    def loads(self, data: bytes) -> Any:
+        return msgpack.unpackb(data, raw=False, use_list=False)
+
+
+class FrameCodec(Protocol):
+    """Turns a routed message into bytes for the node that holds its destination, and back
+    (``memory`` passes the objects themselves). ``dumps`` gets the sender's endpoint id too
+    (``None`` for unstamped messages), so that a codec may stamp the message once, on the
+    sender's node; what ``loads`` returns is the ``payload`` of the receiver's ``Deliver``."""
+
+    def dumps(self, payload: Any, origin: str | None) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class MsgpackFrames:
+    """The default frame codec: the payload as msgpack (see :class:`MsgpackCodec`), unstamped."""
+
+    def dumps(self, payload: Any, origin: str | None) -> bytes:
+        return msgpack.packb(payload, use_bin_type=True)
 
     def loads(self, data: bytes) -> Any:
         return msgpack.unpackb(data, raw=False, use_list=False)
@@ -135,6 +161,46 @@ class ImmediatePairingStore(Protocol):
 
 
 @runtime_checkable
+class RoutingStore(Protocol):
+    """:class:`rendezvous.core.routing.Router` behind async methods (the overlay's tree-root routing).
+
+    ``router`` is this node's part: the endpoints and roots held here, their lifetimes and
+    keep-alives (run by :meth:`run`, on the store's clock), and the current root as this node
+    knows it. Effects are the router's (``Deliver``, ``Keepalive``, ``Close``, ``Dropped``,
+    ``Answered``) and only name parties held here: a message for a party on another node is
+    carried there and delivered through that node's attached ``execute``, in the order it was
+    sent by its sender. What a shared store adds: endpoint ids name the node that holds them
+    (still 32 lowercase hex digits), and the root policy is decided for the whole cluster (a
+    root on a dead node is gone). A store that cannot reach its backend drops what it cannot
+    carry (``Dropped("unavailable")``) and refuses new parties with a ``Close`` (1013).
+    """
+
+    router: Router[Any]
+
+    def attach(self, execute: Execute) -> None:
+        """Where effects that no call returns go (timers, messages from other nodes)."""
+
+    async def run(self) -> None:
+        """The store's timers and deliveries, until cancelled."""
+
+    async def open_endpoint(self, now: float, party: Hashable) -> tuple[str | None, list[Effect]]:
+        """A newcomer: its id, or ``None`` and the effects that refuse it (a ``Close``)."""
+
+    async def open_root(self, now: float, party: Hashable) -> list[Effect]:
+        """A root connected: ``[]`` when accepted, else the effects that refuse it (a ``Close``)."""
+
+    async def closed(self, now: float, party: Hashable) -> list[Effect]:
+        """A party went away. Never suspends for an endpoint (a handler's ``finally`` may call
+        it while being cancelled); a root's close may (shield it)."""
+
+    async def route(self, now: float, sender: Hashable, destination: object, payload: Any) -> list[Effect]:
+        """:meth:`Router.route`, wherever the destination (or the current root) is held."""
+
+    async def route_unstamped(self, now: float, sender: Hashable, payload: Any) -> list[Effect]:
+        """:meth:`Router.route_unstamped`, wherever the current root is held."""
+
+
+@runtime_checkable
 class ReportStore(Protocol):
     """A report made once per period for the whole cluster (Snowflake's CollecTor descriptor):
     every node hands in its part when a period ends, one node (whichever takes the period's
@@ -176,6 +242,13 @@ class Backend(Protocol):
 
     def reports(self, ns: str, *, codec: Codec | None = None) -> ReportStore:
         """The report store named ``ns``."""
+
+    def routing(self, ns: str, *, endpoint_lifetime: float, keepalive_interval: float,
+                root_policy: RootPolicy = RootPolicy.LATEST, max_endpoints: int | None = None,
+                ids: IdSource | None = None, clock: Clock = time.monotonic,
+                codec: FrameCodec | None = None) -> RoutingStore:
+        """The routing store named ``ns`` (one per overlay). ``ids`` (a seeded source, for
+        tests) only where ids need not name their node: a distributed backend refuses it."""
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect and serve until cancelled (``await task_group.start(backend.run)``); then

@@ -13,10 +13,12 @@ from typing import Any
 
 import anyio
 
-from rendezvous.backends.base import BackendSettings, Clock, Codec, Execute, discard
+from rendezvous.backends.base import BackendSettings, Clock, Codec, Execute, FrameCodec, discard
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Deliver, Effect, Expired
+from rendezvous.core.ids import IdSource
 from rendezvous.core.pairing import Pairing
+from rendezvous.core.routing import RootPolicy, Router
 
 
 class MemoryPairingStore:
@@ -97,6 +99,54 @@ class MemoryPairingStore:
         return self._pairing.known()
 
 
+class MemoryRoutingStore:
+    """:class:`Router` as a :class:`~rendezvous.backends.base.RoutingStore`: each method is the
+    router's, and no call suspends. The store's timers are the router's (a :class:`Driver`)."""
+
+    def __init__(self, *, endpoint_lifetime: float, keepalive_interval: float, root_policy: RootPolicy = RootPolicy.LATEST,
+                 max_endpoints: int | None = None, ids: IdSource | None = None, clock: Clock = time.monotonic) -> None:
+        self.router: Router[Any] = Router(endpoint_lifetime=endpoint_lifetime, keepalive_interval=keepalive_interval,
+                                          root_policy=root_policy, max_endpoints=max_endpoints, ids=ids)
+        self._execute: Execute = discard
+        self._driver = Driver(self.router, self._timed, clock)
+
+    def attach(self, execute: Execute) -> None:
+        self._execute = execute
+
+    async def run(self) -> None:
+        await self._driver.run()
+
+    async def _timed(self, effects: Sequence[Effect]) -> None:
+        await self._execute(effects)
+
+    async def open_endpoint(self, now: float, party: Hashable) -> tuple[str | None, list[Effect]]:
+        endpoint_id, effects = self.router.open_endpoint(now, party)
+        if endpoint_id is not None:
+            self._driver.poke()
+        return endpoint_id, effects
+
+    async def open_root(self, now: float, party: Hashable) -> list[Effect]:
+        effects = self.router.open_root(now, party)
+        if not effects:
+            self._driver.poke()
+        return effects
+
+    async def closed(self, now: float, party: Hashable) -> list[Effect]:
+        return self.router.closed(now, party)
+
+    async def route(self, now: float, sender: Hashable, destination: object, payload: Any) -> list[Effect]:
+        return self.router.route(now, sender, destination, payload)
+
+    async def route_unstamped(self, now: float, sender: Hashable, payload: Any) -> list[Effect]:
+        return self.router.route_unstamped(now, sender, payload)
+
+    async def advance(self, now: float) -> list[Effect]:
+        return self.router.advance(now)
+
+    def next_deadline(self) -> float | None:
+        return self.router.next_deadline()
+
+
 class MemoryReportStore:
     """One node is the whole cluster: its part is the report, and its file the record."""
 
@@ -130,6 +180,13 @@ class MemoryBackend:
 
     def reports(self, ns: str, *, codec: Codec | None = None) -> MemoryReportStore:
         return MemoryReportStore()
+
+    def routing(self, ns: str, *, endpoint_lifetime: float, keepalive_interval: float,
+                root_policy: RootPolicy = RootPolicy.LATEST, max_endpoints: int | None = None,
+                ids: IdSource | None = None, clock: Clock = time.monotonic,
+                codec: FrameCodec | None = None) -> MemoryRoutingStore:
+        return MemoryRoutingStore(endpoint_lifetime=endpoint_lifetime, keepalive_interval=keepalive_interval,
+                                  root_policy=root_policy, max_endpoints=max_endpoints, ids=ids, clock=clock)
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -98,6 +98,18 @@ class Router(Generic[P]):
     def endpoint_id(self, party: P) -> str | None:
         return self._ids_by_party.get(party)
 
+    def holds(self, endpoint_id: str) -> bool:
+        """Whether ``endpoint_id`` is an endpoint of this router."""
+        return endpoint_id in self._endpoints
+
+    @property
+    def current_root(self) -> P | None:
+        return self._current_root
+
+    def parties(self) -> list[P]:
+        """Every party held: endpoints, then roots."""
+        return [endpoint.party for endpoint in self._endpoints.values()] + list(self._roots)
+
     # -- lifecycle -----------------------------------------------------------------------
     def open_endpoint(self, now: float, party: P) -> tuple[str | None, list[Effect[P]]]:
         """A newcomer connected. Returns its id, or ``None`` and a Close when the table is full."""
@@ -132,6 +144,15 @@ class Router(Generic[P]):
                 self._current_root = next(reversed(self._roots))
         return []
 
+    def set_current_root(self, party: P | None) -> None:
+        """Route root-bound messages to ``party`` from now on (``None``: drop them).
+
+        For routers whose root policy is decided elsewhere (several nodes sharing one overlay):
+        ``party`` may be a root this router does not hold, e.g. a stand-in for a root on
+        another node. Open with :attr:`RootPolicy.LATEST` and set the decision after each change.
+        """
+        self._current_root = party
+
     # -- routing -------------------------------------------------------------------------
     def route(self, now: float, sender: P, destination: object, payload: object) -> list[Effect[P]]:
         """Route ``payload`` from endpoint ``sender``.
@@ -158,6 +179,19 @@ class Router(Generic[P]):
         if endpoint.asked_at is None:
             endpoint.asked_at = now
         return [Deliver(self._current_root, payload, origin)]
+
+    def route_inbound(self, now: float, origin: str, destination: str, payload: object) -> list[Effect[P]]:
+        """The destination half of :meth:`route`, for a message whose sender ``origin`` is an
+        endpoint held elsewhere (another node): to the endpoint ``destination`` if held here,
+        else dropped silently (``unknown_destination``)."""
+        target = self._endpoints.get(destination)
+        if target is None:
+            return [Dropped("unknown_destination")]
+        effects: list[Effect[P]] = [Deliver(target.party, payload, origin)]
+        if not target.answered and target.asked_at is not None and destination != origin:
+            target.answered = True
+            effects.append(Answered(now - target.asked_at))
+        return effects
 
     def route_unstamped(self, now: float, sender: P, payload: object) -> list[Effect[P]]:
         """Forward ``payload`` to the root without routing by destination.

@@ -214,7 +214,7 @@ async def _start(profile: str, settings: dict, server: dict) -> None:
         pass
 
 
-@pytest.mark.parametrize("profile,settings", [("overlay", {}), ("wasimoff", {})])
+@pytest.mark.parametrize("profile,settings", [("wasimoff", {})])
 async def test_a_profile_without_distributed_support_is_refused(profile, settings, redis_server):
     with pytest.raises(ConfigError, match=f"the {profile} profile does not support a distributed backend"):
         await _start(profile, settings, redis_settings(redis_server.url, "x"))
@@ -228,9 +228,9 @@ async def test_sentinel_urls_and_unreachable_redis_are_refused_at_start():
 
 
 def test_the_cli_refuses_in_one_line(redis_server):
-    result = subprocess.run([sys.executable, "-m", "rendezvous", "serve", "--profile", "overlay", "--port", "0",
+    result = subprocess.run([sys.executable, "-m", "rendezvous", "serve", "--profile", "wasimoff", "--port", "0",
                              "--backend", "redis", "--backend-url", redis_server.url],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr == ("rendezvous: error: server.backend: the overlay profile does not support a distributed "
+    assert result.stderr == ("rendezvous: error: server.backend: the wasimoff profile does not support a distributed "
                              "backend (redis); serve it with backend = \"memory\"\n")

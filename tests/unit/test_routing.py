@@ -131,3 +131,40 @@ def test_unstamped_primitives_go_to_root_without_origin():
     assert r.route_unstamped(0.0, "p", 5) == [Dropped("no_root")]
     r.open_root(0.0, "root")
     assert r.route_unstamped(0.0, "p", 5) == [Deliver("root", 5, None)]
+
+
+def test_route_inbound_is_the_destination_half_of_route():
+    r = make()
+    j, _ = r.open_endpoint(0.0, "joiner")
+    r.open_root(0.0, "root")
+    r.route(1.0, "joiner", None, "offer")
+    far = "ab" * 16  # an endpoint held by another node
+    assert r.route_inbound(1.5, far, j, "answer") == [Deliver("joiner", "answer", far), Answered(0.5)]
+    assert r.route_inbound(1.6, far, j, "candidate") == [Deliver("joiner", "candidate", far)]
+    assert r.route_inbound(1.6, far, "cd" * 16, "x") == [Dropped("unknown_destination")]
+    r.closed(2.0, "joiner")
+    assert r.route_inbound(2.0, far, j, "late") == [Dropped("unknown_destination")]
+
+
+def test_a_current_root_set_from_outside_takes_root_bound_messages():
+    r = make()
+    eid, _ = r.open_endpoint(0.0, "p")
+    elsewhere = object()  # a stand-in for a root on another node
+    r.set_current_root(elsewhere)
+    assert r.root_connected and r.current_root is elsewhere and not r.is_root(elsewhere)
+    assert r.route(0.0, "p", None, "m") == [Deliver(elsewhere, "m", eid)]
+    assert r.route_unstamped(0.0, "p", 5) == [Deliver(elsewhere, 5, None)]
+    r.open_root(1.0, "local")  # (a router whose policy is decided elsewhere opens roots as "latest")
+    r.set_current_root(None)
+    assert r.route(1.0, "p", None, "m") == [Dropped("no_root")]
+    assert r.advance(16.0) == [Keepalive("local")]  # keep-alives stay with the roots held here
+
+
+def test_holds_and_parties():
+    r = make()
+    a, _ = r.open_endpoint(0.0, "a")
+    r.open_root(0.0, "root")
+    assert r.holds(a) and not r.holds("f" * 32)
+    assert r.parties() == ["a", "root"]
+    r.closed(0.0, "a")
+    assert not r.holds(a) and r.parties() == ["root"]

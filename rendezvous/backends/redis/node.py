@@ -32,12 +32,16 @@ import msgpack
 import structlog
 from redis.exceptions import RedisError
 
-from rendezvous.backends.base import BackendError, BackendSettings, BackendUnavailable, Clock, Codec
+from rendezvous.backends.base import BackendError, BackendSettings, BackendUnavailable, Clock, Codec, FrameCodec
 from rendezvous.backends.redis import lua
+from rendezvous.backends.redis.lua_routing import ROUTING_SCRIPTS
 from rendezvous.backends.redis.mux import Late, Mux, Replies, connection_factory, describe, reconnecting
 from rendezvous.backends.redis.pairing import RedisPairingStore
 from rendezvous.backends.redis.reports import RedisReportStore
+from rendezvous.backends.redis.routing import RedisRoutingStore
 from rendezvous.core.effects import Effect
+from rendezvous.core.ids import IdSource
+from rendezvous.core.routing import RootPolicy
 from rendezvous.errors import ConfigError
 
 
@@ -57,9 +61,9 @@ class RedisBackend:
         self._ttl_ms = int(settings.node_ttl * 1000)
         self._connect = connection_factory(settings.url)
         self.where = describe(settings.url)
-        self.mux = Mux(self._connect, lua.ALL, on_late=self._late, name=f"redis at {self.where}", on_connect=self._connected)
+        self.mux = Mux(self._connect, (*lua.ALL, *ROUTING_SCRIPTS), on_late=self._late, name=f"redis at {self.where}", on_connect=self._connected)
         self.new_token = itertools.count(1).__next__  # never reused in this process, across epochs too
-        self._stores: dict[bytes, RedisPairingStore] = {}
+        self._stores: dict[bytes, RedisPairingStore | RedisRoutingStore] = {}
         self._registered = False
         self._confirmed = True  # False from a reconnect until a beat has checked the liveness key
         self._beat_now = anyio.Event()
@@ -90,6 +94,20 @@ class RedisBackend:
 
     def reports(self, ns: str, *, codec: Codec | None = None) -> RedisReportStore:
         return RedisReportStore(self, ns, codec)
+
+    def routing(self, ns: str, *, endpoint_lifetime: float, keepalive_interval: float,
+                root_policy: RootPolicy = RootPolicy.LATEST, max_endpoints: int | None = None,
+                ids: IdSource | None = None, clock: Clock = time.monotonic,
+                codec: FrameCodec | None = None) -> RedisRoutingStore:
+        if ids is not None:
+            raise ValueError("the redis backend gives out ids that name their node: an id source cannot be given")
+        key = ns.encode()
+        if key in self._stores:
+            raise ValueError(f"a store named {ns!r} exists already on this node")
+        store = RedisRoutingStore(self, ns, endpoint_lifetime=endpoint_lifetime, keepalive_interval=keepalive_interval,
+                                  root_policy=root_policy, max_endpoints=max_endpoints, clock=clock, codec=codec)
+        self._stores[key] = store
+        return store
 
     # -- running --------------------------------------------------------------------------------
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -132,6 +150,10 @@ class RedisBackend:
         conn = self._connect()
         try:
             await conn.connect()
+            for store in list(self._stores.values()):  # what a store says when its node leaves (the overlay's roots)
+                for script, args in getattr(store, "leaving", list)():
+                    await conn.send_command("EVAL", script.source, 0, *args)
+                    await conn.read_response(timeout=math.inf)
             await conn.send_command("EVAL", lua.NODE_LEAVE.source, 0, self._node_key, self.epoch)
             await conn.read_response(timeout=math.inf)
         except (RedisError, OSError):

@@ -1,7 +1,9 @@
 // Drives headless Chromium (Debian's /usr/bin/chromium through playwright-core): one root
 // page and N joiner pages, each using the real webrtc-bootstrap 4.4.1 client against the
 // server at BASE_URL. Prints one JSON line per joiner and exits non-zero if any failed.
-// Usage: node overlay_e2e.js BASE_URL SECRET N
+// Usage: node overlay_e2e.js BASE_URL SECRET N [JOIN_BASE_URL]
+// With JOIN_BASE_URL (another node of a cluster) the joiner pages, and so their /join sockets,
+// are served by that node; the root page and its answering /join sockets stay on BASE_URL.
 const { chromium } = require("playwright-core");
 const fs = require("fs");
 const os = require("os");
@@ -9,6 +11,7 @@ const path = require("path");
 
 async function main() {
   const [base, secret, n] = [process.argv[2], process.argv[3], Number(process.argv[4] || 3)];
+  const joinBase = process.argv[5] || base;
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "rdv-chromium-"));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -32,7 +35,7 @@ async function main() {
     for (let i = 0; i < n; i++) {
       const page = await context.newPage();
       page.on("console", (m) => console.error(`[join ${i}]`, m.text()));
-      await page.goto(`${base}/join.html?name=j${i}`);
+      await page.goto(`${joinBase}/join.html?name=j${i}`);
       joiners.push(page);
     }
     for (let i = 0; i < n; i++) {
