@@ -41,7 +41,7 @@ def start_server(target: str, server: str, port: int, lifetime_s: int) -> subpro
     if target == "ours":
         cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "overlay", "--host", "127.0.0.1",
                "--port", str(port), "--secret", SECRET, "--timeout", str(lifetime_s), "--max-prospects", "1000000",
-               "--http-server", server, "--log-level", "error", "--log-format", "json"]
+               "--http-server", server]
         cwd = ROOT
     else:
         script = ("const S=require('webrtc-bootstrap').Server;"

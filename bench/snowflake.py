@@ -62,7 +62,7 @@ def start_server(server: str, port: int, hold: float, bridges: str, anchor_cmd: 
     cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "snowflake", "--addr", f"127.0.0.1:{port}",
            "--disable-tls", "--disable-geoip", "--allowed-relay-pattern", "snowflake.torproject.net$",
            "--bridge-list-path", bridges, "--proxy-timeout", str(hold), "--client-timeout", "10",
-           "--http-server", server, "--log-level", "error"]
+           "--http-server", server]
     return start_pinned(cmd, port)
 
 

@@ -35,7 +35,7 @@ WASM = b"\x00asm\x01\x00\x00\x00"  # a valid (empty) module: the fake providers 
 def start_broker(server: str, port: int) -> subprocess.Popen:
     env = {**os.environ, "WASIMOFF_HTTP_LISTEN": f"127.0.0.1:{port}", "WASIMOFF_STATIC_FILES": ""}
     cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "wasimoff", "--http-server", server,
-           "--log-level", "error", "--queue-limit", "100000"]
+           "--queue-limit", "100000"]
     return start_pinned(cmd, port, env=env)
 
 
