@@ -68,16 +68,45 @@ class RateLimit:
         self.suppressed: dict[str, int] = {}
         self.clock = clock
 
-    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-        key = str(event.get("event", ""))
-        if not self.limiter.allow(key, self.clock()):
-            if len(self.suppressed) < 4096 or key in self.suppressed:
-                self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            raise structlog.DropEvent
-        missed = self.suppressed.pop(key, 0)
-        if missed:
-            event["suppressed"] = missed
+    def refuse(self, key: str) -> bool:
+        """Whether a line of event ``key`` is over the rate now (then it is counted, not written)."""
+        if self.limiter.allow(key, self.clock()):
+            return False
+        if len(self.suppressed) < 4096 or key in self.suppressed:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        return True
+
+    def annotate(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        """The processor half: an admitted line carries the count its event had suppressed."""
+        if self.suppressed:
+            missed = self.suppressed.pop(str(event.get("event", "")), 0)
+            if missed:
+                event["suppressed"] = missed
         return event
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if self.refuse(str(event.get("event", ""))):
+            raise structlog.DropEvent
+        return self.annotate(logger, method, event)
+
+
+def rate_limited(base: type, limit: RateLimit) -> type:
+    """``base`` (a structlog bound logger class) whose enabled level methods ask ``limit`` first,
+    before an event dict is built: a suppressed line (a flood, or a busy server's per-request
+    events) costs a token check, not the processor chain."""
+    namespace: dict[str, Any] = {}
+    for name in ("debug", "info", "warning", "warn", "error", "err", "exception", "critical", "fatal", "msg"):
+        method = getattr(base, name, None)
+        if method is None or getattr(method, "__name__", "") == "_nop":
+            continue
+
+        def limited(self: Any, event: Any = None, *args: Any, _method: Any = method, **kw: Any) -> Any:
+            if limit.refuse(str(event)):
+                return None
+            return _method(self, event, *args, **kw)
+
+        namespace[name] = limited
+    return type(f"RateLimited{base.__name__}", (base,), namespace)
 
 
 def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: str = "info", stream: Any = None) -> None:
@@ -88,8 +117,9 @@ def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: 
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=False) if log_format == "console" else structlog.processors.JSONRenderer()
     )
+    limit = RateLimit()
     processors: list[Any] = [
-        RateLimit(),
+        limit.annotate,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -105,7 +135,7 @@ def configure(*, unsafe_logging: bool = False, log_format: str = "auto", level: 
         numeric = logging.INFO
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=rate_limited(structlog.make_filtering_bound_logger(numeric), limit),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

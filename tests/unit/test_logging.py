@@ -90,3 +90,16 @@ def test_a_flood_of_one_event_is_rate_limited_and_counted():
     line = limit(None, "info", {"event": "bad frame"})
     assert line["suppressed"] == 95  # what the flood hid is reported on the next line
     assert "suppressed" not in limit(None, "info", {"event": "bad frame"})
+
+
+def test_the_configured_loggers_refuse_a_flood_before_building_the_line(configure):
+    stream = configure("json", level="info")
+    log = rlog.get_logger("rendezvous.test").bind()
+    for n in range(200):
+        log.info("client matched", n=n)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 50  # the burst; the other 150 were counted, not written
+    assert [line["n"] for line in lines] == list(range(50))
+    log.debug("not enabled")  # below the level: not counted either
+    rlog.get_logger("rendezvous.test").info("another event")  # per event name
+    assert json.loads(stream.getvalue().splitlines()[-1])["event"] == "another event"
