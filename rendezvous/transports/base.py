@@ -39,7 +39,7 @@ class Inbox:
     protocol side ``put``s messages and ``close``s; the channel side awaits ``get``.
     """
 
-    __slots__ = ("_waiter", "closed", "code", "messages", "reason")
+    __slots__ = ("_loop", "_waiter", "closed", "code", "messages", "reason")
 
     def __init__(self) -> None:
         self.messages: collections.deque[str | bytes] = collections.deque()
@@ -47,6 +47,7 @@ class Inbox:
         self.code = 1005
         self.reason = ""
         self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def put(self, message: str | bytes) -> None:
         self.messages.append(message)
@@ -73,7 +74,10 @@ class Inbox:
         """The next message; once closed and empty, raises :class:`ChannelClosed`."""
         while not self.messages:
             self.raise_if_closed()
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            loop = self._loop
+            if loop is None:  # (asked once: on Python 3.11 each ask is a getpid() system call)
+                loop = self._loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
             try:
                 await waiter
             finally:

@@ -227,7 +227,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = True
         self.pause(_OUTPUT)
         if self.stall is None:
-            self.stall = asyncio.get_running_loop().call_later(STALL_TIMEOUT, self._stalled)
+            self.stall = self.server.loop.call_later(STALL_TIMEOUT, self._stalled)
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -281,7 +281,7 @@ class Connection(asyncio.Protocol):
         self.flush()  # what this loop step wrote must not be lost with the close
         if self.websocket is None and (self.task is not None or self.requests):
             self.eof = True
-            asyncio.get_running_loop().call_soon(self._cancel_waiting_handler)
+            self.server.loop.call_soon(self._cancel_waiting_handler)
             return True  # keep the write side open for the answers
         return None
 
@@ -346,7 +346,7 @@ class Connection(asyncio.Protocol):
     # -- timers and flow control ------------------------------------------------------------
     def _arm(self, delay: float, callback: Any) -> None:
         """Call ``callback`` in ``delay`` seconds unless re-armed or disarmed first."""
-        loop = asyncio.get_running_loop()
+        loop = self.server.loop
         at = loop.time() + delay
         self.deadline = at
         self.on_deadline = callback
@@ -363,7 +363,7 @@ class Connection(asyncio.Protocol):
         self.timer = None
         if self.deadline is None or self.lost:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.server.loop
         if loop.time() < self.deadline:  # moved later since armed
             self.timer = loop.call_at(self.deadline, self._timer_fired)
             self.timer_at = self.deadline
@@ -401,7 +401,7 @@ class Connection(asyncio.Protocol):
 
     async def drained(self) -> None:
         if self.write_paused and not self.lost:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.server.loop.create_future()
             self.drain_waiters.append(waiter)
             await waiter
 
@@ -419,7 +419,7 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             if self.out is None:
                 self.out = [data]
-                asyncio.get_running_loop().call_soon(self.flush)
+                self.server.loop.call_soon(self.flush)
             else:
                 self.out.append(data)
 
