@@ -155,50 +155,53 @@ def _method(raw: bytes) -> str:
 class Connection(asyncio.Protocol):
     """HTTP/1.1 with keep-alive and pipelining (answered in order), then WebSocket."""
 
+    # Defaults on the class: a connection (one per accepted socket, thousands of long-polls)
+    # sets only what differs from them, and only when it does.
+    transport: asyncio.Transport | None = None
+    client: tuple[str | None, int | None] = (None, None)
+    lost = False
+    # the request being parsed
+    url = b""
+    path = ""
+    query = ""
+    route: ExchangeRoute | None = None
+    reading_head = False
+    reading_body = False
+    eof = False  # the client half-closed: answer what it asked, then close
+    head_bytes = 0
+    requests_begun = 0
+    body_size = 0
+    body_limit = 0
+    too_large = False
+    #: the request in progress: its handler's task, or an :class:`_Immediate` waiting
+    task: asyncio.Task[Any] | _Immediate | None = None
+    serving = False  # in _serve_next (an immediate answer continues the queue there)
+    # WebSocket
+    websocket: NativeChannel | None = None
+    reader: FrameReader | None = None
+    pending_key: bytes | None = None  # Sec-WebSocket-Key until the handler accepts
+    candidate: NativeChannel | None = None
+    early = b""  # frames sent before the handshake completed
+    # flow control
+    read_pauses = 0
+    write_paused = False
+    # One deadline at a time (keep-alive or head); its timer is re-armed only when a
+    # deadline comes earlier than the armed one, not on every request.
+    deadline: float | None = None
+    on_deadline: Any = None
+    timer: asyncio.TimerHandle | None = None
+    timer_at = 0.0
+    stall: asyncio.TimerHandle | None = None
+    out: list[bytes] | None = None  # written this step, not yet handed to the transport
+
     def __init__(self, server: ServerState) -> None:
         self.server = server
-        self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.client: tuple[str | None, int | None] = (None, None)
-        self.lost = False
-        # the request being parsed
-        self.url = b""
-        self.path = ""
-        self.query = ""
-        self.route: ExchangeRoute | None = None
         self.headers: list[tuple[bytes, bytes]] = []
-        self.reading_head = False
-        self.reading_body = False
-        self.eof = False  # the client half-closed: answer what it asked, then close
-        self.head_bytes = 0
-        self.requests_begun = 0
         self.body: list[bytes] = []
-        self.body_size = 0
-        self.body_limit = 0
-        self.too_large = False
         # requests parsed, waiting for their answers (in order)
         self.requests: collections.deque[_Request] = collections.deque()
-        #: the request in progress: its handler's task, or an :class:`_Immediate` waiting
-        self.task: asyncio.Task[Any] | _Immediate | None = None
-        self.serving = False  # in _serve_next (an immediate answer continues the queue there)
-        # WebSocket
-        self.websocket: NativeChannel | None = None
-        self.reader: FrameReader | None = None
-        self.pending_key: bytes | None = None  # Sec-WebSocket-Key until the handler accepts
-        self.candidate: NativeChannel | None = None
-        self.early = bytearray()  # frames sent before the handshake completed
-        # flow control
-        self.read_pauses = 0
-        self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
-        # One deadline at a time (keep-alive or head); its timer is re-armed only when a
-        # deadline comes earlier than the armed one, not on every request.
-        self.deadline: float | None = None
-        self.on_deadline: Any = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = 0.0
-        self.stall: asyncio.TimerHandle | None = None
-        self.out: list[bytes] | None = None  # written this step, not yet handed to the transport
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -575,8 +578,7 @@ class Connection(asyncio.Protocol):
         assert self.websocket is not None
         self.reader = FrameReader(self.websocket.max_message_size)
         self._disarm()
-        early = bytes(self.early)
-        self.early.clear()
+        early, self.early = self.early, b""
         self.resume(_UPGRADE)
         if early:
             self._websocket_data(early)
