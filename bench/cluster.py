@@ -1,4 +1,5 @@
-"""Snowflake cluster benchmark: the memory backend against 1, 2 and 4 nodes on the redis backend.
+"""Cluster benchmark: the memory backend against 1, 2 and 4 nodes on the redis backend (Snowflake; the
+overlay with ``overlay``).
 
 One JSON line per measurement:
 
@@ -14,6 +15,10 @@ One JSON line per measurement:
   {"bench":"cluster","metric":"latency",...}  a light load (--latency-rate): client p50/p99 for memory x1 and for
                                               redis x3 with every rendezvous across three nodes (poll on A,
                                               client on B, answer on C); the added p50/p99
+  {"bench":"cluster","metric":"overlay",...}  the overlay's realistic joins (bench/overlay.py's) at saturation, each
+                                              node held to --share: joins/s for memory x1, redis x1, redis x2 (the
+                                              root on node 0, each joiner and each answer on a random node), and
+                                              the ratios (target: redis x2 >= 1.6 x redis x1)
   {"bench":"cluster","metric":"kill",...}     redis x3 at --kill-rate, one node killed with SIGKILL after 4 s:
                                               client outcomes by cause, time until >= 99 % of the clients that
                                               reach a live node succeed again, time until the keys in Redis
@@ -30,7 +35,7 @@ simulated: requests go to random live nodes, and a node that refuses a connectio
 Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 at the same share; broker CPU
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
-Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill] [--rate 800] [--share 0.25]
+Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay] [--rate 800] [--share 0.25]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
 
@@ -53,6 +58,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from common import GENERATOR_CORE, cpu_seconds, free_port, prepare_generator, start_pinned
 from httpclient import HttpConnection, connect
+from wsclient import connect as ws_connect
 
 PATTERN = "snowflake.torproject.net$"
 FINGERPRINT = "2B280B23E1107BB62ABFC40DDCC8824814F80A72"
@@ -62,6 +68,10 @@ CLIENT_BODY = b"1.0\n" + json.dumps({"offer": json.dumps({"type": "offer", "sdp"
                                      "fingerprint": FINGERPRINT}).encode()
 ANSWER = json.dumps({"type": "answer", "sdp": SDP})
 PERIOD_US = 20_000
+OVERLAY_SECRET = "bench"
+OVERLAY_OFFER = {"type": "offer", "sdp": "v=0\r\n" + "a=x-pad:" + "y" * 1200 + "\r\n"}
+OVERLAY_CANDIDATE = {"candidate": {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+                                   "sdpMLineIndex": 0, "sdpMid": "0"}}
 
 
 # -- the machine ----------------------------------------------------------------------------------
@@ -148,11 +158,17 @@ def _resp_lines(data: bytes) -> int:
 
 
 class Node:
-    def __init__(self, backend: str, redis: Redis | None, index: int, prefix: str, bridges: str, hold: float) -> None:
+    def __init__(self, backend: str, redis: Redis | None, index: int, prefix: str, bridges: str, hold: float,
+                 profile: str = "snowflake") -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "snowflake", "--addr", f"127.0.0.1:{self.port}",
-               "--disable-tls", "--disable-geoip", "--allowed-relay-pattern", PATTERN, "--bridge-list-path", bridges,
-               "--proxy-timeout", str(hold), "--client-timeout", "10", "--http-server", "native", "--log-level", "error"]
+        if profile == "overlay":
+            cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "overlay", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--secret", OVERLAY_SECRET, "--timeout", "300",
+                   "--max-prospects", "1000000", "--http-server", "native"]
+        else:
+            cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "snowflake", "--addr", f"127.0.0.1:{self.port}",
+                   "--disable-tls", "--disable-geoip", "--allowed-relay-pattern", PATTERN, "--bridge-list-path", bridges,
+                   "--proxy-timeout", str(hold), "--client-timeout", "10", "--http-server", "native", "--log-level", "error"]
         if backend == "redis":
             cmd += ["--backend", "redis", "--backend-url", redis.url, "--backend-prefix", prefix,
                     "--node-id", f"bench{index}", "--node-ttl", "3"]
@@ -173,8 +189,10 @@ class Node:
 class Setup:
     """``n`` nodes of ``backend`` (and a redis-server for them), each held to ``share`` of a core."""
 
-    def __init__(self, backend: str, n: int, share: float | None, shares: CpuShare, tmp: str, hold: float = 10.0) -> None:
+    def __init__(self, backend: str, n: int, share: float | None, shares: CpuShare, tmp: str, hold: float = 10.0,
+                 profile: str = "snowflake") -> None:
         self.backend, self.n, self.share, self.shares, self.hold = backend, n, share, shares, hold
+        self.profile = profile
         self.tmp = tmp
         self.redis: Redis | None = None
         self.nodes: list[Node] = []
@@ -186,7 +204,7 @@ class Setup:
             self.redis = Redis(self.tmp)
         self.prefix = f"b{random.getrandbits(32):08x}"
         for i in range(self.n):
-            node = Node(self.backend, self.redis, i, self.prefix, bridges, self.hold)
+            node = Node(self.backend, self.redis, i, self.prefix, bridges, self.hold, self.profile)
             self.shares.hold(node.proc.pid, self.share)
             self.nodes.append(node)
         return self
@@ -485,6 +503,89 @@ def run_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
               "seconds_until_baseline_after_load": round(time.monotonic() - started, 2), "left": rest[:5]})
 
 
+async def measure_joins(setup: Setup, *, seconds: float, concurrency: int, warmup: float = 2.0) -> dict:
+    """bench/overlay.py's realistic joins over the setup's nodes: the root on node 0, each joiner's socket
+    and each of the root's answering sockets on a random node (so on x2 half the frames cross nodes)."""
+    ports = [node.port for node in setup.nodes]
+    answering: set[asyncio.Task] = set()
+
+    async def answer(origin: str) -> None:
+        ws = await ws_connect("127.0.0.1", random.choice(ports), "/join")
+        ws.send(json.dumps({"origin": None, "destination": origin, "signal": {"type": "answer", "sdp": "x"}, "rank": 0}))
+        for rank in (1, 2):
+            ws.send(json.dumps({"origin": None, "destination": origin, "signal": OVERLAY_CANDIDATE, "rank": rank}))
+        ws.close()
+
+    def on_root(_client: object, payload: bytes) -> None:
+        msg = json.loads(payload)
+        if isinstance(msg, dict) and msg.get("rank") == 0:
+            task = asyncio.ensure_future(answer(msg["origin"]))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
+
+    root = await ws_connect("127.0.0.1", ports[0], f"/{OVERLAY_SECRET}/webrtc-bootstrap-root", on_root)
+    joined, failures, latencies = 0, 0, []
+    running = True
+
+    async def joiner() -> None:
+        nonlocal joined, failures
+        while running:
+            started = time.perf_counter()
+            ws = None
+            try:
+                ws = await ws_connect("127.0.0.1", random.choice(ports), "/join")
+                for rank, signal in enumerate((OVERLAY_OFFER, OVERLAY_CANDIDATE, OVERLAY_CANDIDATE)):
+                    ws.send(json.dumps({"origin": None, "destination": None, "signal": signal, "rank": rank}))
+                for _ in range(3):
+                    await asyncio.wait_for(ws.messages.get(), 10)
+                joined += 1
+                latencies.append(time.perf_counter() - started)
+            except (asyncio.TimeoutError, OSError, ConnectionError):
+                failures += 1
+                await asyncio.sleep(0.05)
+            finally:
+                if ws is not None:
+                    ws.close()
+
+    load = asyncio.ensure_future(asyncio.gather(*(joiner() for _ in range(concurrency))))
+    await asyncio.sleep(warmup)
+    latencies.clear()
+    done0, cpu0, redis0, gen0, t0 = joined, setup.broker_cpu(), setup.redis_cpu(), time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    done, elapsed = joined - done0, time.monotonic() - t0
+    broker, redis = setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0
+    generator = time.process_time() - gen0
+    running = False
+    try:
+        await asyncio.wait_for(load, 15)
+    except TimeoutError:
+        load.cancel()
+    root.close()
+    latencies.sort()
+    n = len(latencies)
+    return {"joins": done, "failures": failures, "seconds": round(elapsed, 1), "joins_per_s": round(done / elapsed, 1),
+            "broker_cpu_us_per_join": round(broker * 1e6 / max(1, done), 1),
+            "redis_cpu_us_per_join": round(redis * 1e6 / max(1, done), 1) if setup.redis else None,
+            "broker_cpu_cores": round(broker / elapsed, 3),
+            "p50_ms": round(statistics.median(latencies) * 1000, 2) if n else None,
+            "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
+            "generator_cpu_pct": round(100 * generator / elapsed, 1)}
+
+
+def run_overlay(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    rates = {}
+    for backend, n in (("memory", 1), ("redis", 1), ("redis", 2)):
+        with Setup(backend, n, args.share, shares, tmp, profile="overlay") as setup:
+            result = asyncio.run(measure_joins(setup, seconds=args.duration, concurrency=args.joiners))
+        rates[(backend, n)] = result["joins_per_s"]
+        emit({"metric": "overlay", "backend": backend, "nodes": n, "share_per_node": args.share,
+              "share_method": shares.method, **result})
+    emit({"metric": "overlay_ratio", "share_method": shares.method, "share_per_node": args.share,
+          "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.6,
+          "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2),
+          "redis1_vs_memory1": round(rates[("redis", 1)] / rates[("memory", 1)], 2)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--metrics", default="cpu,idle,scaling,latency,kill")
@@ -496,10 +597,12 @@ def main() -> None:
     parser.add_argument("--kill-rate", type=float, default=300.0)
     parser.add_argument("--idle-proxies", type=int, default=2000, help="proxies of the idle-poll measurement")
     parser.add_argument("--hold", type=float, default=3.0, help="the brokers' proxy hold time in the idle-poll measurement")
+    parser.add_argument("--joiners", type=int, default=50, help="concurrent joins of the overlay measurement")
     args = parser.parse_args()
     prepare_generator()
     shares = CpuShare()
-    runs = {"cpu": run_cpu, "idle": run_idle, "scaling": run_scaling, "latency": run_latency, "kill": run_kill}
+    runs = {"cpu": run_cpu, "idle": run_idle, "scaling": run_scaling, "latency": run_latency, "kill": run_kill,
+            "overlay": run_overlay}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         try:
             for metric in args.metrics.split(","):
