@@ -597,3 +597,56 @@ async def test_geoip_reload_reads_the_files_again_and_survives_a_bad_one(tmp_pat
         geoip.write_text("garbage\n")
         runtime.reload()  # logged, and the tables in use stay
         assert runtime._country("129.97.208.23") == "DE"
+
+
+def _post(path, body):
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+
+
+async def _responses(stream, n):
+    """``n`` HTTP responses (Content-Length framed) read off ``stream``: [(status line, body)]."""
+    data, out = b"", []
+    with anyio.fail_after(5):
+        while len(out) < n:
+            head_end = data.find(b"\r\n\r\n")
+            if head_end >= 0:
+                head = data[:head_end].decode("latin-1")
+                length = int(next(line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("content-length")))
+                if len(data) >= head_end + 4 + length:
+                    out.append((head.split("\r\n")[0], data[head_end + 4:head_end + 4 + length]))
+                    data = data[head_end + 4 + length:]
+                    continue
+            data += await stream.receive()
+    return out
+
+
+async def test_pipelined_requests_behind_a_long_poll_are_answered_in_order_after_it():
+    """On the native server /proxy, /client and /answer run without a task (immediate handlers);
+    pipelining must still answer in order: a request queued behind a held poll waits for it."""
+    async with broker(proxy_timeout=0.3) as srv:
+        stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+        poll_body = json.dumps({"Sid": "pipelined", "Version": "1.3", "Type": "standalone", "NAT": "restricted",
+                                "Clients": 0, "AcceptedRelayPattern": PATTERN}).encode()
+        answer_body = json.dumps({"Version": "1.3", "Sid": "nobody", "Answer": ANSWER}).encode()
+        await stream.send(_post("/proxy", poll_body) + _post("/answer", answer_body)
+                          + b"GET /robots.txt HTTP/1.1\r\nHost: x\r\n\r\n" + _post("/answer", b"{"))
+        started = anyio.current_time()
+        replies = await _responses(stream, 4)
+        assert anyio.current_time() - started >= 0.25  # the poll was held its proxy_timeout first
+        assert replies[0] == ("HTTP/1.1 200 OK", NO_MATCH)
+        assert replies[1] == ("HTTP/1.1 200 OK", b'{"Status":"client gone"}')
+        assert replies[2][1] == b"User-agent: *\nDisallow: /\n"
+        assert replies[3][0] == "HTTP/1.1 400 Bad Request"
+        await stream.aclose()
+
+
+async def test_a_proxy_that_hangs_up_mid_poll_leaves_the_pool_on_the_fast_path():
+    async with broker(proxy_timeout=5.0) as srv, client() as http:
+        stream = await anyio.connect_tcp("127.0.0.1", srv.port)
+        body = json.dumps({"Sid": "gone", "Version": "1.3", "Type": "standalone", "NAT": "unrestricted",
+                           "Clients": 0, "AcceptedRelayPattern": PATTERN}).encode()
+        await stream.send(_post("/proxy", body))
+        await wait_known(srv, lambda proxies: len(proxies) == 1)
+        await stream.aclose()  # hang up while held
+        await wait_known(srv, lambda proxies: not proxies)
+        assert (await offer(http, srv)).json() == {"error": "no snowflake proxies currently available"}
