@@ -24,6 +24,10 @@ from rendezvous.servers import ServeOptions
 from rendezvous.servers.native.connection import Connection
 from rendezvous.tls import server_context
 
+#: seconds between the looks at the connections' deadlines (so a head or keep-alive timeout fires
+#: up to this much late)
+SWEEP = 0.25
+
 
 class ServerState:
     """State shared by the connections of one running native server."""
@@ -37,6 +41,31 @@ class ServerState:
         #: channel handlers, which may outlive their connection (HTTP handlers are found through
         #: their connections: a lost connection cancels its handler, and a set per request costs)
         self.channel_tasks: set[asyncio.Task[Any]] = set()
+        #: connections that armed a deadline (head, keep-alive) since the last sweep
+        self.deadlines: set[Connection] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def watch(self, connection: Connection) -> None:
+        """``connection`` has a deadline: the sweep looks at it (one timer for the server, not
+        one per connection; an idle server keeps none)."""
+        self.deadlines.add(connection)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(SWEEP, self._sweep)
+
+    def stop_sweeping(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.deadlines.clear()
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        due = [c for c in self.deadlines if c.deadline is None or c.deadline <= now]
+        for connection in due:
+            self.deadlines.discard(connection)
+            if connection.deadline is not None:
+                connection.deadline_passed()  # (may arm again: then it is watched again)
+        self._sweeper = self.loop.call_later(SWEEP, self._sweep) if self.deadlines else None
 
     def spawn(self, coro: Coroutine[Any, Any, Any], channel: bool = False) -> asyncio.Task[Any]:
         task = self.loop.create_task(coro)
@@ -85,6 +114,7 @@ class NativeServer:
                 task.cancel()
             for conn in list(state.connections):
                 conn.close_transport()
+            state.stop_sweeping()
 
 
 server = NativeServer()

@@ -185,12 +185,10 @@ class Connection(asyncio.Protocol):
     # flow control
     read_pauses = 0
     write_paused = False
-    # One deadline at a time (keep-alive or head); its timer is re-armed only when a
-    # deadline comes earlier than the armed one, not on every request.
+    # One deadline at a time (keep-alive or head), looked at by the server's sweep (no timer
+    # per connection: a connection arms and disarms one with every request).
     deadline: float | None = None
     on_deadline: Any = None
-    timer: asyncio.TimerHandle | None = None
-    timer_at = 0.0
     stall: asyncio.TimerHandle | None = None
     out: list[bytes] | None = None  # written this step, not yet handed to the transport
 
@@ -215,9 +213,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.server.connections.discard(self)
-        for handle in (self.timer, self.stall):
-            if handle is not None:
-                handle.cancel()
+        self.server.deadlines.discard(self)
+        if self.stall is not None:
+            self.stall.cancel()
         if self.websocket is not None:
             self.websocket.mark_closed(1006, "connection lost")
         elif self.task is not None and not self.task.done():
@@ -348,31 +346,21 @@ class Connection(asyncio.Protocol):
 
     # -- timers and flow control ------------------------------------------------------------
     def _arm(self, delay: float, callback: Any) -> None:
-        """Call ``callback`` in ``delay`` seconds unless re-armed or disarmed first."""
-        loop = self.server.loop
-        at = loop.time() + delay
-        self.deadline = at
+        """Call ``callback`` in ``delay`` seconds (at most the server's sweep interval later)
+        unless re-armed or disarmed first."""
+        server = self.server
+        self.deadline = server.loop.time() + delay
         self.on_deadline = callback
-        if self.timer is None or self.timer_at > at:
-            if self.timer is not None:
-                self.timer.cancel()
-            self.timer = loop.call_at(at, self._timer_fired)
-            self.timer_at = at
+        server.watch(self)
 
     def _disarm(self) -> None:
         self.deadline = None
 
-    def _timer_fired(self) -> None:
-        self.timer = None
-        if self.deadline is None or self.lost:
-            return
-        loop = self.server.loop
-        if loop.time() < self.deadline:  # moved later since armed
-            self.timer = loop.call_at(self.deadline, self._timer_fired)
-            self.timer_at = self.deadline
-            return
+    def deadline_passed(self) -> None:
+        """Called by the server's sweep once ``deadline`` has passed."""
         self.deadline = None
-        self.on_deadline()
+        if not self.lost:
+            self.on_deadline()
 
     def _idle_timeout(self) -> None:
         if self.websocket is None and self.task is None and self.transport is not None:
