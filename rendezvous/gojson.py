@@ -220,10 +220,29 @@ def _not_plain(value: Any) -> Any:
     raise _NotPlain()
 
 
+def _one_shot(options: json.JSONEncoder) -> Callable[[Any], str]:
+    """``options.encode`` with the C encoder built once, not per call (as ``encode`` does), for
+    the compact, non-indented encoders here. Without the circular-reference check: what we
+    encode was decoded from JSON (no cycles), and a structure too deep raises RecursionError."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None or options.indent is not None:
+        return options.encode
+    strings = json.encoder.encode_basestring_ascii if options.ensure_ascii else json.encoder.encode_basestring
+    chunks = make(None, options.default, strings, None, options.key_separator, options.item_separator,
+                  options.sort_keys, options.skipkeys, options.allow_nan)
+
+    def encode(value: Any) -> str:
+        if type(value) is str:
+            return strings(value)
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
 def encoder(**options: Any) -> Callable[[Any], str]:
     """``json.JSONEncoder(**options).encode`` that also writes a :class:`Number` as its text and
     values nested deeper than :mod:`json` recurses (the plain, fast encoder does the rest)."""
-    plain = json.JSONEncoder(default=_not_plain, **options).encode
+    plain = _one_shot(json.JSONEncoder(default=_not_plain, **options))
     separators = options.get("separators") or (", ", ": ")
 
     def scalar(value: Any) -> str:
