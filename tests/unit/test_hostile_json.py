@@ -186,3 +186,24 @@ def test_fs_list_replies_that_are_files():
     assert read_listing(None) == {}
     assert read_listing([]) == {}
     assert read_listing([{"filename": "a.wasm", "hash": digest, "length": 1}, {"filename": 7}]) == {"a.wasm": digest.hex()}
+
+
+def test_the_one_shot_encoder_writes_what_json_writes():
+    import random
+
+    rng = random.Random(7)
+    leaves = [None, True, False, 0, -1, 2**70, 1.5, -0.0, 1e300, "", "x", "é\u2028<&>", "\n\t\"\\", "\U0001f600"]
+
+    def value(depth):
+        kind = rng.randrange(4) if depth < 5 else 0
+        if kind == 0:
+            return rng.choice(leaves)
+        if kind == 1:
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        return {rng.choice(["a", "b", "é", "origin", ""]): value(depth + 1) for _ in range(rng.randrange(4))}
+
+    for options in ({"ensure_ascii": False, "separators": (",", ":"), "allow_nan": False}, {}):
+        ours, reference = gojson.encoder(**options), json.JSONEncoder(**options).encode
+        for _ in range(2000):
+            v = value(0)
+            assert ours(v) == reference(v)
