@@ -23,11 +23,20 @@ class SendTimeout(Exception):
     """A send waited longer than its ``timeout`` for a peer that is not reading."""
 
 
+_NAMES: dict[bytes, str] = {}  # raw header name -> its lower-case str (the few names clients send)
+
+
 def header_map(pairs: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
     """Raw header pairs → lower-case names; repeated headers joined with ", " (RFC 9110 §5.3)."""
     out: dict[str, str] = {}
+    names = _NAMES
     for k, v in pairs:
-        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        name = names.get(k)
+        if name is None:
+            name = k.decode("latin-1").lower()
+            if len(names) < 1024 and len(k) <= 64:
+                names[k] = name
+        value = v.decode("latin-1")
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
 

@@ -41,6 +41,8 @@ class ServerState:
         #: channel handlers, which may outlive their connection (HTTP handlers are found through
         #: their connections: a lost connection cancels its handler, and a set per request costs)
         self.channel_tasks: set[asyncio.Task[Any]] = set()
+        #: request target -> (path, query, exchange route, body limit), for the targets seen most
+        self.targets: dict[bytes, tuple[str, str, Any, int]] = {}
         #: connections that armed a deadline (head, keep-alive) since the last sweep
         self.deadlines: set[Connection] = set()
         self._sweeper: asyncio.TimerHandle | None = None

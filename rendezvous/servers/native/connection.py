@@ -56,6 +56,7 @@ def status_line(status: int) -> bytes:
 
 
 _BLOCKS: dict[Any, bytes] = {}
+_HEADS: dict[Any, bytes] = {}  # (status, headers) -> the status line and header block
 
 
 def header_block(headers: Sequence[tuple[str, str]]) -> bytes:
@@ -317,11 +318,23 @@ class Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.reading_head = False
         self.reading_body = True
-        self._disarm()
-        self.path, self.query = split_url(self.url)
-        route = self.server.app.resolve("exchange", self.path)
-        self.route = route if isinstance(route, ExchangeRoute) else None
-        self.body_limit = self.route.max_body_size if self.route is not None else FALLBACK_BODY_LIMIT
+        self.deadline = None  # (disarmed)
+        target = self.server.targets.get(self.url)
+        if target is None:
+            target = self._target(self.url)
+        self.path, self.query, self.route, self.body_limit = target
+
+    def _target(self, url: bytes) -> tuple[str, str, ExchangeRoute | None, int]:
+        """What a request target means here (path, query, exchange route, body limit); the few
+        targets a broker sees over and over are worked out once."""
+        path, query = split_url(url)
+        route = self.server.app.resolve("exchange", path)
+        exchange = route if isinstance(route, ExchangeRoute) else None
+        target = (path, query, exchange, exchange.max_body_size if exchange is not None else FALLBACK_BODY_LIMIT)
+        targets = self.server.targets
+        if len(url) <= 256 and len(targets) < 1024:
+            targets[url] = target
+        return target
 
     def on_body(self, body: bytes) -> None:
         self.body_size += len(body)
@@ -428,16 +441,19 @@ class Connection(asyncio.Protocol):
     def respond(self, status: int, body: bytes, headers: Sequence[tuple[str, str]] = (), keep_alive: bool = True) -> None:
         """Write one response. Header values were checked by the exchange runner (or come
         from the ASGI app), so they hold no CR/LF and encode as Latin-1."""
-        lines = [status_line(status), header_block(headers)]
-        lines.append(b"content-length: %d\r\n" % len(body))
-        if not keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        lines.append(body)
+        try:
+            head = _HEADS.get((status, headers))
+        except TypeError:  # (headers in a list)
+            head = None
+        if head is None:
+            head = status_line(status) + header_block(headers)
+            if type(headers) is tuple and len(_HEADS) < 1024:
+                _HEADS[status, headers] = head
+        data = b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), b"" if keep_alive else b"connection: close\r\n", body)
         if self.out is None and self.transport is not None and not self.lost:
-            self.transport.write(b"".join(lines))  # nothing queued before it: no need to defer
+            self.transport.write(data)  # nothing queued before it: no need to defer
         else:
-            self.write(b"".join(lines))
+            self.write(data)
 
     def _respond_and_close(self, status: int, body: bytes) -> None:
         self.reading_head = self.reading_body = False
