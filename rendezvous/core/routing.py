@@ -165,14 +165,9 @@ class Router(Generic[P]):
         if origin is None:
             return [Dropped("unknown_sender")]
         if destination:
-            target = self._endpoints.get(destination) if isinstance(destination, str) else None
-            if target is None:
+            if not isinstance(destination, str):
                 return [Dropped("unknown_destination")]
-            effects: list[Effect[P]] = [Deliver(target.party, payload, origin)]
-            if not target.answered and target.asked_at is not None and destination != origin:
-                target.answered = True
-                effects.append(Answered(now - target.asked_at))
-            return effects
+            return self.route_inbound(now, origin, destination, payload)
         if self._current_root is None:
             return [Dropped("no_root")]
         endpoint = self._endpoints[origin]
