@@ -170,8 +170,9 @@ class DirectoryStorage(MemoryStorage):
         write_durably(self.path / "lookup.json", json.dumps({"names": self._names, "media": self._media}).encode())
 
 
-def open_storage(spec: str) -> MemoryStorage:
-    """``:memory:`` / ``memory://`` (default), ``dirfs://path`` or a plain path."""
+def open_storage(spec: str, backend: object = None) -> MemoryStorage:
+    """``:memory:`` / ``memory://`` (default), ``dirfs://path`` or a plain path. ``backend``:
+    where the task queue is (unused here for now)."""
     if spec in (":memory:", "memory://", ""):
         return MemoryStorage()
     if spec.startswith("boltdb://"):
