@@ -91,6 +91,7 @@ class RedisTaskStore:
         self._classes: set[str] = {"-"}  # classes of task seen (what a pull asks for)
         self._unsent: list[tuple[Any, tuple]] = []  # completions Redis did not take: sent again at the next beat
         self._pulling = 0  # slots asked for by a pull in flight
+        self._taking = 0  # slots promised to submissions in flight
         self._maybe_work = True
         self._wake = asyncio.Event()
         self._kick_due = False
@@ -121,18 +122,25 @@ class RedisTaskStore:
         cls = ",".join(sorted(requires)) or "-"
         task_id = self._codec.task_id(task)
         dispatch = self.dispatch
-        take = dispatch.free_slots(requires) - dispatch.queued - self._pulling > 0
+        # A free slot here takes it at once (slots promised to pulls and takes in flight count as taken).
+        take = dispatch.free_slots(requires) - dispatch.queued - self._pulling - self._taking > 0
+        self._taking += take
+        # Known before the script runs: its result may come (on the bus) before the script's reply.
+        self._origin[task_id] = task
+        self._since[task_id] = now
         try:
             reply = await self._mux.eval(WM_SUBMIT, *self._head(), task_id, cls, self._codec.dumps(task), "\n".join(needs),
                                          self.queue_limit, "1" if take else "0")
         except (BackendUnavailable, RedisError) as exc:
-            raise BackendUnavailable(str(exc)) from None
-        if reply == -1:
-            raise QueueFull()
-        if reply == -2:
-            raise BackendUnavailable("this node is not registered (fenced)")
-        self._origin[task_id] = task
-        self._since[task_id] = now
+            reply = exc
+        finally:
+            self._taking -= take
+        if type(reply) is not int or reply < 0:
+            self._origin.pop(task_id, None)
+            self._since.pop(task_id, None)
+            if reply == -1:
+                raise QueueFull()
+            raise BackendUnavailable(str(reply) if isinstance(reply, Exception) else "this node is not registered (fenced)")
         self._classes.add(cls)
         if reply != 2:
             return []
@@ -271,10 +279,13 @@ class RedisTaskStore:
         self._exec_ids[party] = task_id
         self._leased_at[task_id] = self._clock()
 
-    def _drop(self, party: Any) -> str:
-        task_id = self._exec_ids.pop(party)
-        del self._exec[task_id]
-        self._leased_at.pop(task_id, None)
+    def _drop(self, party: Any) -> str | None:
+        """``party`` is no longer leased here; its id (None: it was dropped already, e.g. revoked
+        by a frame that came while the effects naming it were on their way)."""
+        task_id = self._exec_ids.pop(party, None)
+        if task_id is not None:
+            del self._exec[task_id]
+            self._leased_at.pop(task_id, None)
         return task_id
 
     def _answer(self, task_id: str, kind: bytes, data: bytes) -> list[Effect]:
@@ -302,6 +313,8 @@ class RedisTaskStore:
 
     async def _complete(self, party: Any, result: Any) -> list[Effect]:
         task_id = self._drop(party)
+        if task_id is None:
+            return []
         local = task_id in self._origin
         args = (*self._head(), task_id, b"" if local else self._codec.dumps_result(party, result))
         try:
@@ -318,6 +331,8 @@ class RedisTaskStore:
 
     async def _fail(self, party: Any, error: str) -> list[Effect]:
         task_id = self._drop(party)
+        if task_id is None:
+            return []
         args = (*self._head(), task_id, error)
         try:
             reply = await self._mux.eval(WM_FAIL, *args)
@@ -414,13 +429,18 @@ class RedisTaskStore:
         return self._maybe_work
 
     async def _release_stuck(self) -> None:
+        """Tasks leased here that found no free slot within a second go back to the queue (a
+        provider left, or capacity shrank): another node may have one."""
         now = self._clock()
-        for party in self.dispatch.queued_parties():
+        released = []
+        for party in self.dispatch.queued_parties():  # (all taken out before any await: none is started meanwhile)
             task_id = self._exec_ids.get(party)
             if task_id is None or now - self._leased_at.get(task_id, now) < RELEASE_AFTER:
                 continue
             self.dispatch.cancel(now, party)  # (queued: no effects)
             self._drop(party)
+            released.append(task_id)
+        for task_id in released:
             await self._mux.eval(WM_RELEASE, *self._head(), task_id)
 
     async def _states(self, ids: list[str]) -> list[Effect]:
