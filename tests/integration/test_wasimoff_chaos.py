@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -178,3 +179,22 @@ async def test_kill_9_of_a_node_and_a_provider_cut_with_a_thousand_tasks_in_flig
         for node in (a, c):
             node.stop()
         await wait_until(lambda: keys(redis_server, redis_prefix) == [], timeout=2 * TTL + 3)
+
+
+async def test_restart_every_node_with_kill_9_and_find_the_uploads(redis_server, redis_prefix, tmp_path):
+    tool = b"\x00asm\x01\x00\x00\x00" + bytes(range(256)) * 8192  # two chunks
+    with processes(redis_server.url, redis_prefix, 2, tmp_path) as (a, b):
+        await all_ready([a, b])
+        async with httpx.AsyncClient(timeout=30) as http:
+            ref = (await http.post(a.url + "/api/storage/upload?name=big.wasm", content=tool)).text.strip()
+            assert (await http.get(b.url + "/api/storage/big.wasm")).content == tool
+        for node in (a, b):
+            node.signal(signal.SIGKILL)
+    (tmp_path / "again").mkdir()
+    with processes(redis_server.url, redis_prefix, 2, tmp_path / "again") as (c, d):
+        await all_ready([c, d])
+        async with httpx.AsyncClient(timeout=30) as http:
+            for node in (c, d):
+                r = await http.get(node.url + "/api/storage/big.wasm")
+                assert r.content == tool and r.headers["x-wasimoff-ref"] == ref
+                assert (await http.get(node.url + "/api/storage/" + ref)).content == tool
