@@ -260,3 +260,32 @@ async def test_uploads_are_seen_on_every_node_and_survive_a_restart_of_all(redis
         r = await http.get(c.url + "/api/storage/" + TOOL_REF, headers={"range": "bytes=0-3"})
         assert r.status_code == 206 and r.content == b"\x00asm"
         assert (await http.get(c.url + "/api/storage/nothing.wasm")).status_code == 404
+
+
+async def test_while_redis_is_away_tasks_are_refused_at_once_and_served_again_after(tmp_path):
+    server = RedisServer(str(tmp_path))
+    server.start()
+    try:
+        async with cluster(server.url, "r") as (a, b), httpx.AsyncClient(timeout=30) as http:
+            async with RawProvider(b, name="pb") as provider, anyio.create_task_group() as tg:
+                await capacity(provider, 1)
+                server.stop()
+                await wait_until(lambda: not broker(a).tasks._node.ready, timeout=5)
+                with anyio.fail_after(2):  # at once, in the client API's own terms
+                    reply, _ = await run_rpc(http, a, wasip1(blob=WASM))
+                assert reply.status_code == 503 and "unavailable" in reply.text
+                server.start()  # empty: every node fences itself once and registers again
+                await wait_until(lambda: broker(a).tasks._node.ready and broker(b).tasks._node.ready, timeout=8)
+                tg.start_soon(serve_tasks, provider, 1, b"back\n")
+                _, response = await run_rpc(http, a, wasip1(blob=WASM))
+                assert response.ok.stdout == b"back\n"
+    finally:
+        server.stop()
+
+
+async def test_a_directory_storage_is_refused_on_a_cluster_in_one_line(redis_server, redis_prefix, tmp_path):
+    from rendezvous.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="WASIMOFF_FILESTORAGE: on a cluster .* leave it unset"):
+        async with cluster(redis_server.url, redis_prefix, n=1, filestorage=f"dirfs://{tmp_path}"):
+            pass
