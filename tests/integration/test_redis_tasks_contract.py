@@ -292,3 +292,26 @@ async def test_a_clean_leave_retries_what_it_ran_and_leaves_no_key(redis_server,
         await a.call("completed", a.started("wa")[0], "wa", "done")
         await wait_until(lambda: a.result(task) == ["done"])
     assert keys(redis_server, redis_prefix) == []
+
+
+async def test_a_result_frame_lost_on_the_bus_is_read_from_the_record(redis_server, redis_prefix):
+    async with redis_task_nodes(redis_server.url, redis_prefix, 2) as (a, b):
+        handle = a.store.on_message
+        lost = []
+
+        def lossy(kind: bytes, token: int, payload: bytes) -> list:
+            if kind == b"r" and not lost:  # the first result frame never arrives
+                lost.append(payload)
+                return []
+            return handle(kind, token, payload)
+
+        a.store.on_message = lossy
+        await worker(b, "w", 1)
+        task = await a.submit("x")
+        await wait_until(lambda: len(b.started("w")) == 1)
+        await b.call("completed", b.started("w")[0], "w", "kept")
+        await wait_until(lambda: lost != [])
+        await anyio.sleep(0.3)
+        assert a.result(task) == []  # (the frame was lost)
+        await wait_until(lambda: a.result(task) == ["kept"], timeout=5)  # re-read from its record
+        await wait_until(lambda: [k for k in keys(redis_server, redis_prefix) if b":t:" in k] == [])

@@ -381,6 +381,8 @@ class RedisTaskStore:
                 await self._release_stuck()
                 now = self._clock()
                 stale = [i for i, since in self._since.items() if now - since > RESYNC_AFTER]
+                for task_id in stale:  # (each re-read every RESYNC_AFTER, not at every tick)
+                    self._since[task_id] = now
                 if stale:
                     await self._run(await self._states(stale))
             if self._kick_due:
@@ -394,6 +396,8 @@ class RedisTaskStore:
             pass  # the next tick tries again
         except RedisError as exc:
             self._node.log.error("wasimoff tasks: a script failed", error=str(exc))
+        except Exception:  # (a bug must not stop the pulls: the next wake-up tries again)
+            self._node.log.exception("wasimoff tasks: pulling failed")
 
     async def _pull(self) -> bool:
         """Lease queued tasks for this node's free slots; whether a pull filled them (more may wait)."""
@@ -455,7 +459,7 @@ class RedisTaskStore:
                 self._mux.send(WM_ACK, *self._head(), task_id)
                 effects += self._answer(task_id, state, data)
             elif state == b"":
-                if task_id in self._missing:  # gone twice: nobody will answer it
+                if task_id in self._missing:  # gone twice, RESYNC_AFTER apart: nobody will answer it
                     effects += self._answer(task_id, b"f", b"task lost")
                 else:
                     self._missing.add(task_id)
