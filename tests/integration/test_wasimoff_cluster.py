@@ -266,19 +266,19 @@ async def test_while_redis_is_away_tasks_are_refused_at_once_and_served_again_af
     server = RedisServer(str(tmp_path))
     server.start()
     try:
-        async with cluster(server.url, "r") as (a, b), httpx.AsyncClient(timeout=30) as http:
-            async with RawProvider(b, name="pb") as provider, anyio.create_task_group() as tg:
-                await capacity(provider, 1)
-                server.stop()
-                await wait_until(lambda: not broker(a).tasks._node.ready, timeout=5)
-                with anyio.fail_after(2):  # at once, in the client API's own terms
-                    reply, _ = await run_rpc(http, a, wasip1(blob=WASM))
-                assert reply.status_code == 503 and "unavailable" in reply.text
-                server.start()  # empty: every node fences itself once and registers again
-                await wait_until(lambda: broker(a).tasks._node.ready and broker(b).tasks._node.ready, timeout=8)
-                tg.start_soon(serve_tasks, provider, 1, b"back\n")
-                _, response = await run_rpc(http, a, wasip1(blob=WASM))
-                assert response.ok.stdout == b"back\n"
+        async with (cluster(server.url, "r") as (a, b), httpx.AsyncClient(timeout=30) as http,
+                    RawProvider(b, name="pb") as provider, anyio.create_task_group() as tg):
+            await capacity(provider, 1)
+            server.stop()
+            await wait_until(lambda: not broker(a).tasks._node.ready, timeout=5)
+            with anyio.fail_after(2):  # at once, in the client API's own terms
+                reply, _ = await run_rpc(http, a, wasip1(blob=WASM))
+            assert reply.status_code == 503 and "unavailable" in reply.text
+            server.start()  # empty: every node fences itself once and registers again
+            await wait_until(lambda: broker(a).tasks._node.ready and broker(b).tasks._node.ready, timeout=8)
+            tg.start_soon(serve_tasks, provider, 1, b"back\n")
+            _, response = await run_rpc(http, a, wasip1(blob=WASM))
+            assert response.ok.stdout == b"back\n"
     finally:
         server.stop()
 
@@ -286,6 +286,32 @@ async def test_while_redis_is_away_tasks_are_refused_at_once_and_served_again_af
 async def test_a_directory_storage_is_refused_on_a_cluster_in_one_line(redis_server, redis_prefix, tmp_path):
     from rendezvous.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="WASIMOFF_FILESTORAGE: on a cluster .* leave it unset"):
+    with pytest.raises(ConfigError, match=r"WASIMOFF_FILESTORAGE: on a cluster .* leave it unset"):
         async with cluster(redis_server.url, redis_prefix, n=1, filestorage=f"dirfs://{tmp_path}"):
             pass
+
+
+@pytest.mark.parametrize("scheduler,expected", [("simplematch", ["p1", "p1", "p1", "p1"]),
+                                                ("roundrobin", ["p1", "p2", "p1", "p2"]),
+                                                ("anyfree", ["p1", "p1", "p1", "p1"])])
+async def test_the_node_that_takes_a_task_places_it_with_its_scheduler(redis_server, redis_prefix, scheduler, expected):
+    async with (cluster(redis_server.url, redis_prefix, scheduler=scheduler) as (a, b),
+                httpx.AsyncClient(timeout=30) as http, RawProvider(b, name="p1") as p1, RawProvider(b, name="p2") as p2):
+        served: list[str] = []
+
+        async def answer(provider: RawProvider, name: str) -> None:
+            while True:
+                envelope, request = await provider.recv_request(schema.Wasip1Request, timeout=30)
+                served.append(name)
+                await provider.respond(envelope.sequence, ok_response(request))
+
+        async with anyio.create_task_group() as tg:
+            for provider, name in ((p1, "p1"), (p2, "p2")):
+                await capacity(provider, 2)
+                tg.start_soon(answer, provider, name)
+            await wait_until(lambda: broker(b).dispatch.free_slots() == 4)
+            for _ in expected:  # one at a time, submitted on A
+                reply, _ = await run_rpc(http, a, wasip1(blob=WASM))
+                assert reply.status_code == 200
+            tg.cancel_scope.cancel()
+        assert served == expected
