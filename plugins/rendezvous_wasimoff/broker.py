@@ -227,7 +227,10 @@ class Broker:
         if trace is not None:
             request.info.trace.CopyFrom(trace)
         try:
-            with anyio.CancelScope(shield=True):  # accepted or not: a cancelled client is cancelled below
+            if self._distributed:  # (the memory store never suspends: no scope to pay for)
+                with anyio.CancelScope(shield=True):  # accepted or not, known: a client gone meanwhile is cancelled below
+                    effects = await self.tasks.submit(self.clock(), task, task.needs, requires)
+            else:
                 effects = await self.tasks.submit(self.clock(), task, task.needs, requires)
         except QueueFull:
             raise RpcError("resource_exhausted", "Queue Full") from None
