@@ -315,3 +315,26 @@ async def test_the_node_that_takes_a_task_places_it_with_its_scheduler(redis_ser
                 assert reply.status_code == 200
             tg.cancel_scope.cancel()
         assert served == expected
+
+
+async def test_throughput_overall_counts_tasks_completed_on_every_node(redis_server, redis_prefix):
+    async with (cluster(redis_server.url, redis_prefix) as (a, b), httpx.AsyncClient(timeout=30) as http,
+                RawProvider(a, name="idle") as idle, RawProvider(b, name="busy") as busy, anyio.create_task_group() as tg):
+        overall: list[float] = []
+
+        async def listen() -> None:
+            while True:
+                _, payload = await idle.recv(timeout=30)
+                if isinstance(payload, schema.Throughput):
+                    overall.append(payload.overall)
+
+        tg.start_soon(listen)
+        await capacity(busy, 4)
+        tg.start_soon(serve_tasks, busy, 12)
+        await wait_until(lambda: broker(b).dispatch.free_slots() == 4)
+        async with anyio.create_task_group() as clients:
+            for _ in range(12):  # submitted on B, run on B: A's provider hears of them
+                clients.start_soon(run_rpc, http, b, wasip1(blob=WASM))
+        await wait_until(lambda: sum(overall) >= 12, timeout=5)
+        assert broker(a).metrics.completed.value == 0  # (none of them was A's)
+        tg.cancel_scope.cancel()
