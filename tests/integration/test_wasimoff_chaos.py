@@ -198,3 +198,44 @@ async def test_restart_every_node_with_kill_9_and_find_the_uploads(redis_server,
                 r = await http.get(node.url + "/api/storage/big.wasm")
                 assert r.content == tool and r.headers["x-wasimoff-ref"] == ref
                 assert (await http.get(node.url + "/api/storage/" + ref)).content == tool
+
+
+async def test_a_node_stalled_past_its_ttl_is_fenced_and_nothing_ends_twice(redis_server, redis_prefix, tmp_path):
+    """B stops (SIGSTOP) for 2.5 × node_ttl with tasks running on its providers, then runs again.
+    Meanwhile the others retry what it ran and cancel what its clients sent; when it runs again it
+    finds itself declared dead: its clients are answered "broker node lost", and its providers'
+    late results count for nothing. Every task ends exactly once at its client."""
+    runs: dict[str, list[str]] = collections.defaultdict(list)
+    answers: dict[str, list[bytes]] = collections.defaultdict(list)
+    ids: dict[str, str] = {}
+    on_a = [f"a{i}" for i in range(300)]
+    on_b = [f"b{i}" for i in range(100)]
+    with processes(redis_server.url, redis_prefix, 3, tmp_path) as (a, b, c):
+        await all_ready([a, b, c])
+        with anyio.fail_after(90):
+            async with anyio.create_task_group() as tg:
+                providers = {}
+                for node, names in ((a, ("pa",)), (b, ("pb",)), (c, ("pc",))):
+                    for name in names:
+                        providers[name] = await tg.start(FastProvider(node, name, 8, runs).run)
+                async with anyio.create_task_group() as clients:
+                    for i in range(3):
+                        clients.start_soon(client_socket, a, on_a[i::3], answers, ids)
+                    clients.start_soon(client_socket, b, on_b, answers, ids)
+                    await wait_until(lambda: sum(map(len, answers.values())) >= 60, timeout=30)
+                    b.signal(signal.SIGSTOP)
+                    stalled = set(providers["pb"].running)
+                    await anyio.sleep(2.5 * TTL)
+                    b.signal(signal.SIGCONT)
+                assert stalled, "B stalled while its provider ran tasks"
+                tg.cancel_scope.cancel()
+        assert {ref: answers[ref] for ref in on_a if answers[ref] != [ref.encode()]} == {}
+        for ref in on_b:  # B's clients: their result, or "broker node lost" — once
+            assert len(answers[ref]) == 1 and answers[ref][0] in (ref.encode(), b"broker node lost"), (ref, answers[ref])
+        twice = {t for t in (ids[ref] for ref in on_a) if len(runs[t]) > 1}
+        assert all(runs[t][0] == "pb" for t in twice), {t: runs[t] for t in twice}
+        assert "this node was declared dead" in b.logged()
+        await wait_until(lambda: task_keys(redis_server, redis_prefix) == [], timeout=2 * TTL + 3)
+        for node in (a, b, c):
+            node.stop()
+        await wait_until(lambda: keys(redis_server, redis_prefix) == [], timeout=2 * TTL + 3)
