@@ -402,7 +402,7 @@ class RedisTaskStore:
     async def _pull(self) -> bool:
         """Lease queued tasks for this node's free slots; whether a pull filled them (more may wait)."""
         dispatch = self.dispatch
-        budget = dispatch.free_slots() - dispatch.queued
+        budget = dispatch.free_slots() - dispatch.queued - self._taking
         if budget <= 0:
             return False
         args: list[Any] = []
