@@ -24,7 +24,7 @@ from rendezvous.core.effects import Effect
 from rendezvous_wasimoff.metrics import Metrics
 from rendezvous_wasimoff.settings import WasimoffSettings
 from rendezvous_wasimoff.status import WasimoffStatus
-from rendezvous_wasimoff.storage import open_storage
+from rendezvous_wasimoff.storage import off_loop, open_storage
 from rendezvous_wasimoff.tasks import GenAExec, RpcError, TaskCodec, TaskHandle
 from rendezvous_wasimoff.worker import Worker
 
@@ -179,7 +179,7 @@ class Broker:
             await listener(count)
 
     # -- tasks -------------------------------------------------------------------------------
-    def _resolve_file(self, file: Message, what: str) -> str | None:
+    async def _resolve_file(self, file: Message, what: str) -> str | None:
         """Exactly one of ref/blob; a name or ref becomes the canonical sha256 ref."""
         has_ref, has_blob = file.HasField("ref") and file.ref != "", file.HasField("blob")
         if has_ref and has_blob:
@@ -188,7 +188,7 @@ class Broker:
             raise RpcError("invalid_argument", f"{what}: both Blob and Ref are nil")
         if has_blob:
             return None
-        ref = self.storage.resolve(file.ref)
+        ref = await off_loop(self.storage, self.storage.resolve, file.ref)  # (on a cluster: a Redis read)
         if ref is None:
             raise RpcError("invalid_argument", f"{what}: Ref not found in storage")
         file.ref = ref
@@ -209,11 +209,11 @@ class Broker:
         if kind == "wasip1":
             if not request.HasField("params") or not params.HasField("binary"):
                 raise RpcError("invalid_argument", "binary: both Blob and Ref are nil")
-            ref = self._resolve_file(params.binary, "binary")
+            ref = await self._resolve_file(params.binary, "binary")
             if ref:
                 needs.append(ref)
             if params.HasField("rootfs"):
-                ref = self._resolve_file(params.rootfs, "rootfs")
+                ref = await self._resolve_file(params.rootfs, "rootfs")
                 if ref:
                     needs.append(ref)
         task = TaskHandle(self.tasks.new_id(), request, kind, frozenset(needs), gen_a)

@@ -11,10 +11,14 @@ import pathlib
 import re
 import tempfile
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
 
 from rendezvous.errors import ConfigError
 
+T = TypeVar("T")
 WASM, ZIP = "application/wasm", "application/zip"
 _REF = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -36,6 +40,8 @@ def ref_of(data: bytes) -> str:
 
 
 class MemoryStorage:
+    remote = False  # True: reads may wait on the network (call them with :func:`off_loop`)
+
     def __init__(self) -> None:
         self._blobs: dict[str, tuple[bytes, str]] = {}
         self._names: dict[str, str] = {}
@@ -184,6 +190,8 @@ class RedisStorage(MemoryStorage):
     (AOF: ``docs/operations.md``). Calls are blocking (redis-py's client): uploads and downloads
     run in worker threads; a submit's name lookup is one small round trip."""
 
+    remote = True
+
     def __init__(self, url: str, prefix: str) -> None:
         super().__init__()
         import redis
@@ -252,6 +260,14 @@ class RedisStorage(MemoryStorage):
             return None
         self._keep(ref, data, media.decode())
         return data, media.decode()
+
+
+async def off_loop(storage: MemoryStorage, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, in a worker thread when ``storage`` is remote (Redis), else at once
+    (a local read keeps its order with the tasks around it)."""
+    if storage.remote:
+        return await anyio.to_thread.run_sync(function, *args)
+    return function(*args)
 
 
 def open_storage(spec: str, backend: object = None) -> MemoryStorage:

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 import anyio.to_thread
 
 from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse
-from rendezvous_wasimoff.storage import MemoryStorage, RedisStorage, Unsupported
+from rendezvous_wasimoff.storage import MemoryStorage, Unsupported, off_loop
 
 TEXT = ("content-type", "text/plain; charset=utf-8")
 CORS = ("access-control-allow-origin", "*")
@@ -34,9 +34,7 @@ class StorageRoutes:
 
     async def download(self, request: HttpRequest) -> HttpResponse:
         storage = self.storage
-        name = request.path[len("/api/storage/"):]
-        # (a file another node stored is read from Redis: not on the event loop)
-        found = storage.get(name) if type(storage) is not RedisStorage else await anyio.to_thread.run_sync(storage.get, name)
+        found = await off_loop(storage, storage.get, request.path[len("/api/storage/"):])  # (from Redis: not on the loop)
         if found is None:
             return HttpResponse.text(404, "File not Found in storage\n")
         data, media, ref = found
