@@ -187,8 +187,8 @@ class RedisStorage(MemoryStorage):
     chunks ``<P>:blob:<hex>:<i>`` (written once, SET NX), then its media type in the ``<P>:media``
     hash (which makes it visible), friendly names in ``<P>:names``; ``P = <prefix>:{wasimoff}``.
     A node keeps the files it read or wrote in an LRU cache (256 MiB). As durable as Redis is
-    (AOF: ``docs/operations.md``). Calls are blocking (redis-py's client): uploads and downloads
-    run in worker threads; a submit's name lookup is one small round trip."""
+    (AOF: ``docs/operations.md``). Calls are blocking (redis-py's client): callers on the event
+    loop use :func:`off_loop`."""
 
     remote = True
 
