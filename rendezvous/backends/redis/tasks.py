@@ -133,6 +133,9 @@ class RedisTaskStore:
                                          self.queue_limit, "1" if take else "0")
         except (BackendUnavailable, RedisError) as exc:
             reply = exc
+            # The script may have run (only its reply was lost): the client is told "unavailable",
+            # so the task is cancelled when Redis is back (the next beat), lest it run for nobody.
+            self._unsent.append((WM_CANCEL, (*self._head(), task_id)))
         finally:
             self._taking -= take
         if type(reply) is not int or reply < 0:
@@ -238,8 +241,8 @@ class RedisTaskStore:
         return []
 
     async def reap(self) -> None:
-        """At every beat: dead nodes' leases retried and originated tasks cancelled; completions
-        that did not reach Redis sent again."""
+        """At every beat: dead nodes' leases retried and originated tasks cancelled; completions,
+        failures and cancels that did not reach Redis sent again."""
         unsent, self._unsent = self._unsent, []
         for script, args in unsent:
             try:
