@@ -10,7 +10,6 @@ reports results with :meth:`Broker.completed` / :meth:`Broker.transport_error` a
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, cast
@@ -19,40 +18,68 @@ import anyio
 import anyio.abc
 from google.protobuf.message import Message
 
+from rendezvous.backends.base import BackendUnavailable
 from rendezvous.core import Deliver, Dispatch, Failed, QueueFull, Revoke
-from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Effect
 from rendezvous_wasimoff.metrics import Metrics
 from rendezvous_wasimoff.settings import WasimoffSettings
 from rendezvous_wasimoff.status import WasimoffStatus
-from rendezvous_wasimoff.storage import open_storage
-from rendezvous_wasimoff.tasks import GenAExec, RpcError, TaskHandle
+from rendezvous_wasimoff.storage import off_loop, open_storage
+from rendezvous_wasimoff.tasks import GenAExec, RpcError, TaskCodec, TaskHandle
 from rendezvous_wasimoff.worker import Worker
 
 
 class Broker:
-    def __init__(self, settings: WasimoffSettings, log: Any, clock: Callable[[], float], registry: Any) -> None:
+    def __init__(self, settings: WasimoffSettings, log: Any, clock: Callable[[], float], registry: Any,
+                 backend: Any = None) -> None:
         self.settings = settings
         self.log = log
         self.clock = clock
-        self.storage = open_storage(settings.filestorage)
-        self.dispatch: Dispatch[Worker, TaskHandle] = Dispatch(policy=settings.scheduler, queue_limit=settings.queue_limit,
-                                 max_attempts=settings.max_attempts)
-        self.driver = Driver(self.dispatch, self.execute, clock)
+        self.storage = open_storage(settings.filestorage, backend)
+        if backend is None:
+            from rendezvous.backends.memory import MemoryBackend
+            backend = MemoryBackend()
+        # The task queue: this node's alone (memory), or the cluster's (redis), with this node's
+        # providers in its local dispatcher either way.
+        self.tasks = backend.tasks("wasimoff", policy=settings.scheduler, queue_limit=settings.queue_limit,
+                                   max_attempts=settings.max_attempts, clock=clock, codec=TaskCodec())
+        self.tasks.attach(self.execute)
+        self.dispatch: Dispatch[Worker, TaskHandle] = self.tasks.dispatch
         self.metrics = Metrics(registry)
         self.status = WasimoffStatus(self.dispatch, self.metrics)  # the status page's numbers
         self.workers: dict[Worker, None] = {}  # admitted providers of both generations, in order
         # Called with the new provider count whenever it changes (gen C tells its providers).
         self.on_provider_count: list[Callable[[int], Awaitable[None]]] = []
         self._tasks: anyio.abc.TaskGroup | None = None  # run()'s task group, for spawn()
-        self._task_ids = itertools.count(1)
         self._completions = 0  # since the last take_completions()
+        self._last_second = 0  # completions in the last whole second (what this node tells the cluster)
+        self._others = (0, 0)  # the other nodes' providers and completions per second
+        self._distributed = bool(getattr(backend, "distributed", False))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
             self._tasks = tg
             task_status.started()  # spawn() works from here on
-            await self.driver.run()
+            if self._distributed:
+                tg.start_soon(self._cluster_numbers)
+            await self.tasks.run()
+
+    async def _cluster_numbers(self) -> None:
+        """Every second: this node's numbers out, the cluster's in (ClusterInfo, Throughput)."""
+        counted = 0
+        while True:
+            total = self.metrics.completed.value
+            self._last_second, counted = int(total - counted), int(total)
+            before = self.provider_count()
+            try:
+                providers, completions = await self.tasks.cluster(len(self.workers), self._last_second)
+            except Exception as exc:  # (BackendUnavailable, a script error): the numbers wait
+                self.log.debug("cluster numbers not read", error=str(exc))
+            else:
+                self._others = (providers - len(self.workers), completions - self._last_second)
+                if self.provider_count() != before:
+                    await self._provider_count_changed()
+            await anyio.sleep(1.0)
 
     def spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run ``function(*args)`` in the background, for as long as the broker runs."""
@@ -98,32 +125,31 @@ class Broker:
         self.metrics.execution.observe(time.monotonic() - task.started)
 
     def take_completions(self) -> int:
-        """Tasks completed since the last call (gen C's Throughput event)."""
+        """Tasks completed since the last call (gen C's Throughput event), in the whole cluster
+        (other nodes' as of their last report)."""
         count, self._completions = self._completions, 0
-        return count
+        return count + self._others[1]
 
     # -- what providers report ---------------------------------------------------------------
     async def completed(self, task: TaskHandle, worker: Worker, result: Message) -> None:
         """``worker`` answered ``task`` with an application result (ignored unless it holds the lease)."""
-        await self.execute(self.dispatch.completed(self.clock(), task, worker, result))
-        self.driver.poke()
+        await self.execute(await self.tasks.completed(self.clock(), task, worker, result))
 
     async def transport_error(self, task: TaskHandle, worker: Worker, error: str) -> None:
         """``worker`` could not run ``task``: it retries elsewhere (or fails after its last attempt)."""
-        await self.execute(self.dispatch.transport_error(self.clock(), task, worker, error))
-        self.driver.poke()
+        await self.execute(await self.tasks.transport_error(self.clock(), task, worker, error))
 
     async def set_capacity(self, worker: Worker, capacity: int) -> None:
         self.metrics.workers.labels(worker.name).set(capacity)
-        await self.execute(self.dispatch.set_capacity(self.clock(), worker, capacity))
+        await self.execute(await self.tasks.set_capacity(self.clock(), worker, capacity))
 
     async def update_files(self, worker: Worker, added: Iterable[str], removed: Iterable[str]) -> None:
-        await self.execute(self.dispatch.update_files(self.clock(), worker, added, removed))
+        await self.execute(await self.tasks.update_files(self.clock(), worker, added, removed))
 
     # -- providers ---------------------------------------------------------------------------
     def provider_count(self) -> int:
-        """Providers of both generations."""
-        return len(self.workers)
+        """Providers of both generations, in the whole cluster (other nodes' as of their last report)."""
+        return len(self.workers) + self._others[0]
 
     async def admit(self, worker: Worker, files: Iterable[str], capacity: int,
                     provides: Iterable[str] | None = None, **log: Any) -> None:
@@ -131,8 +157,8 @@ class Broker:
         self.workers[worker] = None
         self.log.info("provider connected", provider=worker.name, providers=self.provider_count(), **log)
         now = self.clock()
-        await self.execute(self.dispatch.add_worker(now, worker, worker.name, files, provides))
-        await self.execute(self.dispatch.set_capacity(now, worker, capacity))
+        await self.execute(await self.tasks.add_worker(now, worker, worker.name, files, provides))
+        await self.execute(await self.tasks.set_capacity(now, worker, capacity))
         self.metrics.workers.labels(worker.name).set(capacity)
         await self._provider_count_changed()
 
@@ -142,19 +168,18 @@ class Broker:
             return
         del self.workers[worker]
         self.metrics.workers.labels(worker.name).set(0)
-        await self.execute(self.dispatch.remove_worker(self.clock(), worker))
-        self.driver.poke()
+        await self.execute(await self.tasks.remove_worker(self.clock(), worker))
         self.log.info("provider disconnected", provider=worker.name, providers=self.provider_count(), **log)
         await self._provider_count_changed()
 
     async def _provider_count_changed(self) -> None:
         count = self.provider_count()
-        self.metrics.providers.set(count)
+        self.metrics.providers.set(len(self.workers))  # (this node's: Prometheus sums the nodes)
         for listener in self.on_provider_count:
             await listener(count)
 
     # -- tasks -------------------------------------------------------------------------------
-    def _resolve_file(self, file: Message, what: str) -> str | None:
+    async def _resolve_file(self, file: Message, what: str) -> str | None:
         """Exactly one of ref/blob; a name or ref becomes the canonical sha256 ref."""
         has_ref, has_blob = file.HasField("ref") and file.ref != "", file.HasField("blob")
         if has_ref and has_blob:
@@ -163,7 +188,7 @@ class Broker:
             raise RpcError("invalid_argument", f"{what}: both Blob and Ref are nil")
         if has_blob:
             return None
-        ref = self.storage.resolve(file.ref)
+        ref = await off_loop(self.storage, self.storage.resolve, file.ref)  # (on a cluster: a Redis read)
         if ref is None:
             raise RpcError("invalid_argument", f"{what}: Ref not found in storage")
         file.ref = ref
@@ -184,14 +209,14 @@ class Broker:
         if kind == "wasip1":
             if not request.HasField("params") or not params.HasField("binary"):
                 raise RpcError("invalid_argument", "binary: both Blob and Ref are nil")
-            ref = self._resolve_file(params.binary, "binary")
+            ref = await self._resolve_file(params.binary, "binary")
             if ref:
                 needs.append(ref)
             if params.HasField("rootfs"):
-                ref = self._resolve_file(params.rootfs, "rootfs")
+                ref = await self._resolve_file(params.rootfs, "rootfs")
                 if ref:
                     needs.append(ref)
-        task = TaskHandle(str(next(self._task_ids)), request, kind, frozenset(needs), gen_a)
+        task = TaskHandle(self.tasks.new_id(), request, kind, frozenset(needs), gen_a)
         reference, trace = request.info.reference, request.info.trace if request.info.HasField("trace") else None
         request.info.Clear()
         request.info.id = task.id
@@ -202,16 +227,22 @@ class Broker:
         if trace is not None:
             request.info.trace.CopyFrom(trace)
         try:
-            effects = self.dispatch.submit(self.clock(), task, task.needs, requires)
+            if self._distributed:  # (the memory store never suspends: no scope to pay for)
+                with anyio.CancelScope(shield=True):  # accepted or not, known: a client gone meanwhile is cancelled below
+                    effects = await self.tasks.submit(self.clock(), task, task.needs, requires)
+            else:
+                effects = await self.tasks.submit(self.clock(), task, task.needs, requires)
         except QueueFull:
             raise RpcError("resource_exhausted", "Queue Full") from None
+        except BackendUnavailable:
+            raise RpcError("unavailable", "broker backend unavailable") from None
         try:
             await self.execute(effects)
             await task.event.wait()
         finally:
             if not task.event.is_set():  # the client went away: revoke it
                 with anyio.CancelScope(shield=True):
-                    await self.execute(self.dispatch.cancel(self.clock(), task))
+                    await self.execute(await self.tasks.cancel(self.clock(), task))
                 # A running task stays in its provider's pending requests until the provider
                 # answers the Cancel (gen C) or its run (gen A): that must not keep the
                 # client's payload alive.

@@ -19,6 +19,7 @@ __all__ = ["TaskHandle", "WasimoffProfile", "WasimoffRuntime", "WasimoffSettings
 
 class WasimoffProfile:
     name = "wasimoff"
+    distributed = True  # nodes of a cluster share the task queue (backend = "redis"): clients and providers on any node
     summary = "wasimoff broker: WebAssembly tasks dispatched to providers (gen C: WebSocket + protobuf; gen A: WebTransport + MessagePack)"
     settings = WasimoffSettings
     default_port = 4080

@@ -17,7 +17,7 @@ class WasimoffRuntime:
         settings: WasimoffSettings = context.settings
         self.settings = settings
         self.log = context.log
-        self.broker = Broker(settings, context.log, context.clock, context.metrics)
+        self.broker = Broker(settings, context.log, context.clock, context.metrics, context.backend)
         self.gen_c = GenerationC(self.broker)
         self.gen_a = GenerationA(self.broker, context.webtransport)
         # What tests look at: storage, the dispatcher, gen C's admitted providers (gen A's: gen_a.providers).

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs
 import anyio.to_thread
 
 from rendezvous.transports.base import ExchangeRoute, HttpRequest, HttpResponse
-from rendezvous_wasimoff.storage import MemoryStorage, Unsupported
+from rendezvous_wasimoff.storage import MemoryStorage, Unsupported, off_loop
 
 TEXT = ("content-type", "text/plain; charset=utf-8")
 CORS = ("access-control-allow-origin", "*")
@@ -33,7 +33,8 @@ class StorageRoutes:
         return HttpResponse(200, f"{ref}\n".encode(), (TEXT,))
 
     async def download(self, request: HttpRequest) -> HttpResponse:
-        found = self.storage.get(request.path[len("/api/storage/"):])
+        storage = self.storage
+        found = await off_loop(storage, storage.get, request.path[len("/api/storage/"):])  # (from Redis: not on the loop)
         if found is None:
             return HttpResponse.text(404, "File not Found in storage\n")
         data, media, ref = found

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import attrs
+import msgpack
 from google.protobuf.message import Message
 
 
@@ -56,3 +57,36 @@ class TaskHandle:
         A revoked task stays referenced by its provider's pending requests until the provider
         answers; its metadata (``info``), all that answer needs, stays."""
         self.request.ClearField("params")
+
+
+class TaskCodec:
+    """A task as it crosses nodes (the ``redis`` backend's :class:`~rendezvous.backends.base.TaskCodec`):
+    its kind, its request (protobuf), the files it prefers and what gen A adds; results as protobuf.
+    A gen-A trace does not cross nodes: the run's trace events from another node are not added."""
+
+    def task_id(self, task: TaskHandle) -> str:
+        return task.id
+
+    def dumps(self, task: TaskHandle) -> bytes:
+        gen_a = task.gen_a
+        return msgpack.packb([task.kind, task.request.SerializeToString(), sorted(task.needs),
+                              None if gen_a is None else [gen_a.id, list(gen_a.loadfs), gen_a.datafile]],
+                             use_bin_type=True)
+
+    def loads(self, task_id: str, data: bytes, attempts: int) -> TaskHandle:
+        from rendezvous_wasimoff import schema
+
+        kind, request_bytes, needs, gen_a = msgpack.unpackb(data, raw=False)
+        request = (schema.Wasip1Request if kind == "wasip1" else schema.PyodideRequest).FromString(request_bytes)
+        extra = None if gen_a is None else GenAExec(gen_a[0], tuple(gen_a[1]), gen_a[2], None)
+        task = TaskHandle(task_id, request, kind, frozenset(needs), extra)
+        task.attempts = attempts  # (sent before: each failed; the broker counts this send)
+        return task
+
+    def dumps_result(self, task: TaskHandle, result: Message) -> bytes:
+        return result.SerializeToString()
+
+    def loads_result(self, task: TaskHandle, data: bytes) -> Message:
+        from rendezvous_wasimoff import schema
+
+        return (schema.Wasip1Response if task.kind == "wasip1" else schema.PyodideResponse).FromString(data)

@@ -11,7 +11,8 @@ given to :meth:`PairingStore.attach` (a timer fired, or another node matched or 
 party held here). Either way they only ever name parties held on this node.
 
 Stores: :class:`PairingStore` (Snowflake's offer/answer pairing), :class:`RoutingStore` (the
-overlay's tree-root routing), :class:`ReportStore` (a report written once per cluster).
+overlay's tree-root routing), :class:`TaskStore` (wasimoff's task queue), :class:`ReportStore`
+(a report written once per cluster).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import anyio
 import attrs
 import msgpack
 
+from rendezvous.core.dispatch import Dispatch, Policy
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Effect
 from rendezvous.core.ids import IdSource
@@ -200,6 +202,73 @@ class RoutingStore(Protocol):
         """:meth:`Router.route_unstamped`, wherever the current root is held."""
 
 
+class TaskCodec(Protocol):
+    """Turns a task store's tasks and results into bytes and back, for backends that run a task
+    on another node than the one its client waits on (``memory`` passes the objects themselves)."""
+
+    def task_id(self, task: Any) -> str:
+        """The id the task was made with (:meth:`TaskStore.new_id`)."""
+
+    def dumps(self, task: Any) -> bytes:
+        """All a node needs to run ``task`` (to :meth:`loads` on that node)."""
+
+    def loads(self, task_id: str, data: bytes, attempts: int) -> Any:
+        """A task party for the node that runs it, from :meth:`dumps`'s bytes (``attempts``: failed so far)."""
+
+    def dumps_result(self, task: Any, result: Any) -> bytes: ...
+
+    def loads_result(self, task: Any, data: bytes) -> Any:
+        """The result for the client's ``task`` (on its node), from :meth:`dumps_result`'s bytes."""
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """:class:`rendezvous.core.dispatch.Dispatch` behind async methods (wasimoff's task queue).
+
+    Workers are held on this node (``dispatch`` is this node's :class:`Dispatch`, its numbers the
+    node's). Effects are ``Dispatch``'s and only name parties held here: ``Deliver(worker, task)``
+    (run it; ``task`` may have come from another node), ``Deliver(task, result)``,
+    ``Failed(task, errors)`` (to a task whose client waits here) and ``Revoke(task, worker)``.
+    A shared store accepts a task only once it is written where every node sees it, runs it on
+    whichever node has a free capable worker, and keeps the queue limit, the retries (with
+    ``Dispatch``'s backoff) and first-result-wins for the whole cluster. A store that cannot
+    reach its backend refuses new tasks with :class:`BackendUnavailable`.
+    """
+
+    dispatch: Dispatch[Any, Any]
+
+    def attach(self, execute: Execute) -> None:
+        """Where effects that no call returns go (retries, results from other nodes)."""
+
+    async def run(self) -> None:
+        """The store's timers (and, when shared, its pulls of work), until cancelled."""
+
+    def new_id(self) -> str:
+        """An id for a new task, unique in the cluster."""
+
+    async def submit(self, now: float, task: Hashable, needs: Iterable[str] = (), requires: Iterable[str] = ()) -> list[Effect]:
+        """Accept ``task``; raises :class:`rendezvous.core.QueueFull` at the queue limit."""
+
+    async def completed(self, now: float, task: Hashable, worker: Hashable, result: Any) -> list[Effect]: ...
+
+    async def transport_error(self, now: float, task: Hashable, worker: Hashable, error: str) -> list[Effect]: ...
+
+    async def cancel(self, now: float, task: Hashable) -> list[Effect]:
+        """The task's client went away. Never raises (a handler's ``finally`` calls it)."""
+
+    async def add_worker(self, now: float, worker: Hashable, name: str, files: Iterable[str] = (),
+                         provides: Iterable[str] | None = None) -> list[Effect]: ...
+
+    async def set_capacity(self, now: float, worker: Hashable, capacity: int) -> list[Effect]: ...
+
+    async def update_files(self, now: float, worker: Hashable, added: Iterable[str], removed: Iterable[str]) -> list[Effect]: ...
+
+    async def remove_worker(self, now: float, worker: Hashable) -> list[Effect]: ...
+
+    async def cluster(self, providers: int, completions: int) -> tuple[int, int]:
+        """This node's provider count and completions in the last second -> the cluster's."""
+
+
 @runtime_checkable
 class ReportStore(Protocol):
     """A report made once per period for the whole cluster (Snowflake's CollecTor descriptor):
@@ -249,6 +318,10 @@ class Backend(Protocol):
                 codec: FrameCodec | None = None) -> RoutingStore:
         """The routing store named ``ns`` (one per overlay). ``ids`` (a seeded source, for
         tests) only where ids need not name their node: a distributed backend refuses it."""
+
+    def tasks(self, ns: str, *, policy: Policy = Policy.SIMPLE_MATCH, queue_limit: int = 2048, max_attempts: int = 10,
+              clock: Clock = time.monotonic, codec: TaskCodec | None = None) -> TaskStore:
+        """The task store named ``ns``. A distributed backend needs ``codec``."""
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect and serve until cancelled (``await task_group.start(backend.run)``); then

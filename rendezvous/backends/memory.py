@@ -6,6 +6,7 @@ profile pays an ``await`` (a fraction of a microsecond) and nothing else. Import
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections.abc import Hashable, Iterable, Sequence
@@ -13,7 +14,8 @@ from typing import Any
 
 import anyio
 
-from rendezvous.backends.base import BackendSettings, Clock, Codec, Execute, FrameCodec, discard
+from rendezvous.backends.base import BackendSettings, Clock, Codec, Execute, FrameCodec, TaskCodec, discard
+from rendezvous.core.dispatch import Dispatch, Policy
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Deliver, Effect, Expired
 from rendezvous.core.ids import IdSource
@@ -147,6 +149,64 @@ class MemoryRoutingStore:
         return self.router.next_deadline()
 
 
+class MemoryTaskStore:
+    """:class:`Dispatch` as a :class:`~rendezvous.backends.base.TaskStore`: each method is the
+    dispatcher's, and no call suspends. The store's timers (retries) are the dispatcher's."""
+
+    def __init__(self, *, policy: Policy = Policy.SIMPLE_MATCH, queue_limit: int = 2048, max_attempts: int = 10,
+                 clock: Clock = time.monotonic) -> None:
+        self.dispatch: Dispatch[Any, Any] = Dispatch(policy=policy, queue_limit=queue_limit, max_attempts=max_attempts)
+        self._execute: Execute = discard
+        self._driver = Driver(self.dispatch, self._timed, clock)
+        self._ids = itertools.count(1)
+
+    def attach(self, execute: Execute) -> None:
+        self._execute = execute
+
+    async def run(self) -> None:
+        await self._driver.run()
+
+    async def _timed(self, effects: Sequence[Effect]) -> None:
+        await self._execute(effects)
+
+    def new_id(self) -> str:
+        return str(next(self._ids))
+
+    async def submit(self, now: float, task: Hashable, needs: Iterable[str] = (), requires: Iterable[str] = ()) -> list[Effect]:
+        return self.dispatch.submit(now, task, needs, requires)
+
+    async def completed(self, now: float, task: Hashable, worker: Hashable, result: Any) -> list[Effect]:
+        effects = self.dispatch.completed(now, task, worker, result)
+        self._driver.poke()
+        return effects
+
+    async def transport_error(self, now: float, task: Hashable, worker: Hashable, error: str) -> list[Effect]:
+        effects = self.dispatch.transport_error(now, task, worker, error)
+        self._driver.poke()  # (a retry's deadline)
+        return effects
+
+    async def cancel(self, now: float, task: Hashable) -> list[Effect]:
+        return self.dispatch.cancel(now, task)
+
+    async def add_worker(self, now: float, worker: Hashable, name: str, files: Iterable[str] = (),
+                         provides: Iterable[str] | None = None) -> list[Effect]:
+        return self.dispatch.add_worker(now, worker, name, files, provides)
+
+    async def set_capacity(self, now: float, worker: Hashable, capacity: int) -> list[Effect]:
+        return self.dispatch.set_capacity(now, worker, capacity)
+
+    async def update_files(self, now: float, worker: Hashable, added: Iterable[str], removed: Iterable[str]) -> list[Effect]:
+        return self.dispatch.update_files(now, worker, added, removed)
+
+    async def remove_worker(self, now: float, worker: Hashable) -> list[Effect]:
+        effects = self.dispatch.remove_worker(now, worker)
+        self._driver.poke()
+        return effects
+
+    async def cluster(self, providers: int, completions: int) -> tuple[int, int]:
+        return providers, completions
+
+
 class MemoryReportStore:
     """One node is the whole cluster: its part is the report, and its file the record."""
 
@@ -187,6 +247,10 @@ class MemoryBackend:
                 codec: FrameCodec | None = None) -> MemoryRoutingStore:
         return MemoryRoutingStore(endpoint_lifetime=endpoint_lifetime, keepalive_interval=keepalive_interval,
                                   root_policy=root_policy, max_endpoints=max_endpoints, ids=ids, clock=clock)
+
+    def tasks(self, ns: str, *, policy: Policy = Policy.SIMPLE_MATCH, queue_limit: int = 2048, max_attempts: int = 10,
+              clock: Clock = time.monotonic, codec: TaskCodec | None = None) -> MemoryTaskStore:
+        return MemoryTaskStore(policy=policy, queue_limit=queue_limit, max_attempts=max_attempts, clock=clock)
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -113,8 +113,17 @@ class Dispatch(Generic[W, T]):
     def workers(self) -> int:
         return len(self._workers)
 
-    def free_slots(self) -> int:
-        return sum(max(0, w.capacity - len(w.running)) for w in self._workers.values())
+    def free_slots(self, requires: Iterable[str] | None = None) -> int:
+        """Free slots; with ``requires``, only those of workers that have every capability in it."""
+        if requires is None:
+            return sum(max(0, w.capacity - len(w.running)) for w in self._workers.values())
+        needed = frozenset(requires)
+        return sum(max(0, w.capacity - len(w.running)) for w in self._workers.values()
+                   if w.provides is None or needed <= w.provides)
+
+    def queued_parties(self) -> list[T]:
+        """The tasks waiting for a slot, in queue order."""
+        return list(self._queue)
 
     def worker_of(self, task: T) -> W | None:
         t = self._tasks.get(task)

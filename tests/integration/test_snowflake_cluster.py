@@ -214,10 +214,26 @@ async def _start(profile: str, settings: dict, server: dict) -> None:
         pass
 
 
-@pytest.mark.parametrize("profile,settings", [("wasimoff", {})])
-async def test_a_profile_without_distributed_support_is_refused(profile, settings, redis_server):
-    with pytest.raises(ConfigError, match=f"the {profile} profile does not support a distributed backend"):
-        await _start(profile, settings, redis_settings(redis_server.url, "x"))
+class _ThirdParty:
+    """A profile that does not declare ``distributed`` (every built-in one does now)."""
+
+    name = "thirdparty"
+
+
+def test_a_profile_without_distributed_support_is_refused(redis_server):
+    from rendezvous.backends import serving
+    from rendezvous.config import ServerSettings
+
+    server = ServerSettings(backend="redis", backend_url=redis_server.url)
+    with pytest.raises(ConfigError, match="the thirdparty profile does not support a distributed backend"):
+        serving.for_server(server, {"thirdparty": _ThirdParty()})
+    assert serving.for_server(server, {"wasimoff": _profile("wasimoff")}).distributed  # (wasimoff is distributed now)
+
+
+def _profile(name: str) -> object:
+    from rendezvous import plugins
+
+    return plugins.load("rendezvous.profiles", name)
 
 
 async def test_sentinel_urls_and_unreachable_redis_are_refused_at_start():
@@ -228,7 +244,10 @@ async def test_sentinel_urls_and_unreachable_redis_are_refused_at_start():
 
 
 def test_the_cli_refuses_in_one_line(redis_server):
-    result = subprocess.run([sys.executable, "-m", "rendezvous", "serve", "--profile", "wasimoff", "--port", "0",
+    # Every built-in profile is distributed: the refusal is seen with wasimoff taken for one that is not.
+    code = ("import sys, rendezvous.hooks as h; h.is_distributed = lambda p: False; import rendezvous.cli as c; "
+            "sys.argv = ['rendezvous'] + sys.argv[1:]; sys.exit(c.main())")
+    result = subprocess.run([sys.executable, "-c", code, "serve", "--profile", "wasimoff", "--port", "0",
                              "--backend", "redis", "--backend-url", redis_server.url],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

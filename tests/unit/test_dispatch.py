@@ -215,3 +215,23 @@ def test_a_retried_task_goes_ahead_of_the_queue():
     assert d.queued == 2
     d.add_worker(2.0, "w2", "w2")
     assert d.set_capacity(2.0, "w2", 1) == [Deliver("w2", "t")]
+
+
+def test_free_slots_by_capability_and_the_queued_tasks_in_order():
+    d = Dispatch()
+    d.add_worker(0.0, "any", "any")  # every capability
+    d.add_worker(0.0, "plain", "plain", provides=())
+    d.add_worker(0.0, "py", "py", provides=["pyodide"])
+    for worker, capacity in (("any", 1), ("plain", 2), ("py", 3)):
+        d.set_capacity(0.0, worker, capacity)
+    assert d.free_slots() == 6 and d.free_slots(()) == 6
+    assert d.free_slots({"pyodide"}) == 4  # "any" and "py"
+    assert d.free_slots({"pyodide", "rootfs"}) == 1  # "any" alone
+    d.submit(0.0, "t1", requires={"pyodide", "rootfs"})  # takes "any"
+    assert d.free_slots({"pyodide", "rootfs"}) == 0 and d.free_slots({"pyodide"}) == 3
+    assert d.queued_parties() == []
+    d.submit(0.0, "t2", requires={"pyodide", "rootfs"})
+    d.submit(0.0, "t3", requires={"rootfs", "pyodide"})
+    assert d.queued_parties() == ["t2", "t3"]
+    d.cancel(0.0, "t2")
+    assert d.queued_parties() == ["t3"]

@@ -19,6 +19,7 @@ from rendezvous_wasimoff.broker import Broker
 from rendezvous_wasimoff.gena.provider import GenAProvider
 from rendezvous_wasimoff.gena.rpc import RpcFailed
 from rendezvous_wasimoff.gena.translate import item_from_result, request_from_exec, trace_event
+from rendezvous_wasimoff.storage import off_loop
 from rendezvous_wasimoff.tasks import GenAExec
 
 JSON = ("content-type", "application/json")
@@ -109,7 +110,8 @@ class ClientApi:
     async def _run_one(self, task_id: str, config: dict[str, Any], entry: dict[str, Any], client: str | None,
                        trace: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """One exec entry as a task; its result in gen-A's shape."""
-        request = request_from_exec(self.broker.storage, config, entry)
+        storage = self.broker.storage
+        request = await off_loop(storage, request_from_exec, storage, config, entry)  # (storage reads)
         if isinstance(request, str):
             return {"error": request}
         request.info.reference = task_id

@@ -11,6 +11,7 @@ from rendezvous.transports.base import ChannelClosed
 from rendezvous_wasimoff import schema
 from rendezvous_wasimoff.gena.rpc import MsgpackRpcClient, RpcFailed
 from rendezvous_wasimoff.gena.translate import response_from_run, run_body, trace_event
+from rendezvous_wasimoff.storage import off_loop
 from rendezvous_wasimoff.tasks import TaskHandle
 
 if TYPE_CHECKING:
@@ -55,11 +56,15 @@ class GenAProvider:
         trace = task.gen_a.trace if task.gen_a is not None else None
         artifact = params.artifacts[0] if params.artifacts else None
         try:
-            binary, data = self._binary(params.binary)
-            body = run_body(task, binary)  # (all it needs from the request, before any wait)
+            body = run_body(task, "")  # (all it needs from the request, before any wait)
+            blob = params.binary.blob if params.binary.HasField("blob") else None
+            ref = params.binary.ref
+            # (storage read in a worker thread: on a cluster the files may come from Redis)
+            binary, data = await off_loop(self.broker.storage, self._binary, blob, ref)
+            body["binary"] = binary
             await self.ensure(binary, data)
             for name in task.gen_a.loadfs if task.gen_a is not None else ():
-                found = self.broker.storage.get(name)
+                found = await off_loop(self.broker.storage, self.broker.storage.get, name)
                 if found is not None:
                     await self.ensure(name, found[0])
             assert self.rpc is not None
@@ -77,13 +82,13 @@ class GenAProvider:
         response.info.provider = self.name
         await self.broker.completed(task, self, response)
 
-    def _binary(self, file: Any) -> tuple[str, bytes]:
+    def _binary(self, blob: bytes | None, ref: str) -> tuple[str, bytes]:
         """The task's binary, and its name on the provider: its stored name, else ``sha256-<hex>``."""
-        if file.HasField("blob"):
-            return NAME_PREFIX + hashlib.sha256(file.blob).hexdigest(), file.blob
+        if blob is not None:
+            return NAME_PREFIX + hashlib.sha256(blob).hexdigest(), blob
         storage = self.broker.storage
-        found = storage.get(file.ref)
+        found = storage.get(ref)
         if found is None:
-            raise RpcFailed(f"binary {file.ref!r} not found in storage")
+            raise RpcFailed(f"binary {ref!r} not found in storage")
         name = next((n for n, r in storage.names().items() if r == found[2]), NAME_PREFIX + found[2].split(":", 1)[1])
         return name, found[0]

@@ -13,6 +13,7 @@ from rendezvous.transports.base import ChannelClosed
 from rendezvous_wasimoff.broker import Broker
 from rendezvous_wasimoff.gena.provider import GenAProvider
 from rendezvous_wasimoff.gena.rpc import BadReply, MsgpackRpcClient, RpcFailed, read_listing
+from rendezvous_wasimoff.storage import off_loop
 
 GEN_A_PROVIDES = frozenset({"wasip1"})  # what a run call can express: no zip rootfs, no Pyodide
 
@@ -48,11 +49,12 @@ class ProviderTransport:
                     if await provider.rpc.call("ping", "ping") != "pong":
                         raise RpcFailed("ping was not answered with pong")
                     provider.files.update(read_listing(await provider.rpc.call("fs:list", None)))
-                for stored_name in storage.names():
-                    found = storage.get(stored_name)
+                # (read in a worker thread: on a cluster the files may come from Redis)
+                for stored_name in await off_loop(storage, storage.names):
+                    found = await off_loop(storage, storage.get, stored_name)
                     if found is not None:
                         await provider.ensure(stored_name, found[0])
-                refs = [r for r in (storage.resolve(n) for n in provider.files) if r]
+                refs = await off_loop(storage, lambda: [r for r in (storage.resolve(n) for n in provider.files) if r])
                 self.providers[provider] = None
                 await broker.admit(provider, refs, provider.capacity, GEN_A_PROVIDES, generation="A")
                 await anyio.sleep_forever()

@@ -32,13 +32,24 @@ import msgpack
 import structlog
 from redis.exceptions import RedisError
 
-from rendezvous.backends.base import BackendError, BackendSettings, BackendUnavailable, Clock, Codec, FrameCodec
+from rendezvous.backends.base import (
+    BackendError,
+    BackendSettings,
+    BackendUnavailable,
+    Clock,
+    Codec,
+    FrameCodec,
+    TaskCodec,
+)
 from rendezvous.backends.redis import lua
 from rendezvous.backends.redis.lua_routing import ROUTING_SCRIPTS
+from rendezvous.backends.redis.lua_tasks import TASK_SCRIPTS
 from rendezvous.backends.redis.mux import Late, Mux, Replies, connection_factory, describe, reconnecting
 from rendezvous.backends.redis.pairing import RedisPairingStore
 from rendezvous.backends.redis.reports import RedisReportStore
 from rendezvous.backends.redis.routing import RedisRoutingStore
+from rendezvous.backends.redis.tasks import RedisTaskStore
+from rendezvous.core.dispatch import Policy
 from rendezvous.core.effects import Effect
 from rendezvous.core.ids import IdSource
 from rendezvous.core.routing import RootPolicy
@@ -61,9 +72,9 @@ class RedisBackend:
         self._ttl_ms = int(settings.node_ttl * 1000)
         self._connect = connection_factory(settings.url)
         self.where = describe(settings.url)
-        self.mux = Mux(self._connect, (*lua.ALL, *ROUTING_SCRIPTS), on_late=self._late, name=f"redis at {self.where}", on_connect=self._connected)
+        self.mux = Mux(self._connect, (*lua.ALL, *ROUTING_SCRIPTS, *TASK_SCRIPTS), on_late=self._late, name=f"redis at {self.where}", on_connect=self._connected)
         self.new_token = itertools.count(1).__next__  # never reused in this process, across epochs too
-        self._stores: dict[bytes, RedisPairingStore | RedisRoutingStore] = {}
+        self._stores: dict[bytes, RedisPairingStore | RedisRoutingStore | RedisTaskStore] = {}
         self._registered = False
         self._confirmed = True  # False from a reconnect until a beat has checked the liveness key
         self._beat_now = anyio.Event()
@@ -106,6 +117,16 @@ class RedisBackend:
             raise ValueError(f"a store named {ns!r} exists already on this node")
         store = RedisRoutingStore(self, ns, endpoint_lifetime=endpoint_lifetime, keepalive_interval=keepalive_interval,
                                   root_policy=root_policy, max_endpoints=max_endpoints, clock=clock, codec=codec)
+        self._stores[key] = store
+        return store
+
+    def tasks(self, ns: str, *, policy: Policy = Policy.SIMPLE_MATCH, queue_limit: int = 2048, max_attempts: int = 10,
+              clock: Clock = time.monotonic, codec: TaskCodec | None = None) -> RedisTaskStore:
+        key = ns.encode()
+        if key in self._stores:
+            raise ValueError(f"a store named {ns!r} exists already on this node")
+        store = RedisTaskStore(self, ns, policy=policy, queue_limit=queue_limit, max_attempts=max_attempts,
+                               clock=clock, codec=codec)
         self._stores[key] = store
         return store
 
