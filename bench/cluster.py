@@ -19,6 +19,10 @@ One JSON line per measurement:
                                               node held to --share: joins/s for memory x1, redis x1, redis x2 (the
                                               root on node 0, each joiner and each answer on a random node), and
                                               the ratios (target: redis x2 >= 1.6 x redis x1)
+  {"bench":"cluster","metric":"wasimoff",...} bench/wasimoff.py's dispatch (fake providers answering at once, clients
+                                              on ConnectRPC) at saturation, each node held to --share: tasks/s for
+                                              memory x1, redis x1, redis x2 (providers and clients spread over the
+                                              nodes), and the ratios (target: redis x2 >= 1.6 x redis x1)
   {"bench":"cluster","metric":"kill",...}     redis x3 at --kill-rate, one node killed with SIGKILL after 4 s:
                                               client outcomes by cause, time until >= 99 % of the clients that
                                               reach a live node succeed again, time until the keys in Redis
@@ -35,7 +39,7 @@ simulated: requests go to random live nodes, and a node that refuses a connectio
 Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 at the same share; broker CPU
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
-Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay] [--rate 800] [--share 0.25]
+Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff] [--rate 800] [--share 0.25]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
 
@@ -161,7 +165,13 @@ class Node:
     def __init__(self, backend: str, redis: Redis | None, index: int, prefix: str, bridges: str, hold: float,
                  profile: str = "snowflake") -> None:
         self.port = free_port()
-        if profile == "overlay":
+        env = None
+        if profile == "wasimoff":
+            env = {**os.environ, "WASIMOFF_HTTP_LISTEN": f"127.0.0.1:{self.port}", "WASIMOFF_STATIC_FILES": "",
+                   "WASIMOFF_QUIC_LISTEN": ""}
+            cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "wasimoff", "--http-server", "native",
+                   "--queue-limit", "100000"]
+        elif profile == "overlay":
             cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "overlay", "--host", "127.0.0.1",
                    "--port", str(self.port), "--secret", OVERLAY_SECRET, "--timeout", "300",
                    "--max-prospects", "1000000", "--http-server", "native"]
@@ -172,7 +182,7 @@ class Node:
         if backend == "redis":
             cmd += ["--backend", "redis", "--backend-url", redis.url, "--backend-prefix", prefix,
                     "--node-id", f"bench{index}", "--node-ttl", "3"]
-        self.proc = start_pinned(cmd, self.port)
+        self.proc = start_pinned(cmd, self.port, env=env)
         self.alive = True
 
     def kill(self) -> None:
@@ -586,6 +596,83 @@ def run_overlay(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
           "redis1_vs_memory1": round(rates[("redis", 1)] / rates[("memory", 1)], 2)})
 
 
+async def measure_tasks(setup: Setup, *, seconds: float, providers: int, slots: int, clients: int) -> dict:
+    """bench/wasimoff.py's dispatch over the setup's nodes: the binary uploaded on node 0, provider i on
+    node i mod n, client j on node j mod n (so on x2 half the tasks cross nodes when a node is busy)."""
+    import wasimoff as wm  # (bench/wasimoff.py: its fake provider and request)
+
+    ports = [node.port for node in setup.nodes]
+    conn = await connect("127.0.0.1", ports[0])
+    status, body = await conn.request("POST", "/api/storage/upload?name=bench.wasm", wm.WASM)
+    assert status == 200, body
+    conn.close()
+    fakes = [wm.FakeProvider() for _ in range(providers)]
+    for i, fake in enumerate(fakes):
+        await fake.start(ports[i % len(ports)], f"fake{i}", slots)
+    await asyncio.sleep(1.0)
+    request = wm.schema.Wasip1Request()
+    request.params.binary.ref = "bench.wasm"
+    request.params.args.extend(["bench.wasm", "x"])
+    body = request.SerializeToString()
+    conns = [await connect("127.0.0.1", ports[j % len(ports)]) for j in range(clients)]
+    path = "/api/client/wasimoff.v1.Tasks/RunWasip1"
+    done, errors, latencies = 0, 0, []
+    running = True
+
+    async def client_loop(conn: HttpConnection) -> None:
+        nonlocal done, errors
+        while running:
+            started = time.perf_counter()
+            code, _ = await conn.request_with_headers("POST", path, body, "content-type: application/proto\r\n")
+            if code == 200:
+                done += 1
+                latencies.append(time.perf_counter() - started)
+            else:
+                errors += 1
+                await asyncio.sleep(0.01)
+
+    load = asyncio.ensure_future(asyncio.gather(*(client_loop(c) for c in conns)))
+    await asyncio.sleep(2.0)
+    latencies.clear()
+    done0, cpu0, redis0, gen0, t0 = done, setup.broker_cpu(), setup.redis_cpu(), time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    n_done, elapsed = done - done0, time.monotonic() - t0
+    broker, redis = setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0
+    generator = time.process_time() - gen0
+    running = False
+    try:
+        await asyncio.wait_for(load, 15)
+    except TimeoutError:
+        load.cancel()
+    for c in conns:
+        c.close()
+    for fake in fakes:
+        fake.ws.close()
+    latencies.sort()
+    n = len(latencies)
+    return {"tasks": n_done, "errors": errors, "seconds": round(elapsed, 1), "tasks_per_s": round(n_done / elapsed, 1),
+            "broker_cpu_us_per_task": round(broker * 1e6 / max(1, n_done), 1),
+            "redis_cpu_us_per_task": round(redis * 1e6 / max(1, n_done), 1) if setup.redis else None,
+            "broker_cpu_cores": round(broker / elapsed, 3),
+            "p50_ms": round(statistics.median(latencies) * 1000, 2) if n else None,
+            "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
+            "generator_cpu_pct": round(100 * generator / elapsed, 1)}
+
+
+def run_wasimoff(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    rates = {}
+    for backend, n in (("memory", 1), ("redis", 1), ("redis", 2)):
+        with Setup(backend, n, args.share, shares, tmp, profile="wasimoff") as setup:
+            result = asyncio.run(measure_tasks(setup, seconds=args.duration, providers=8, slots=2, clients=64))
+        rates[(backend, n)] = result["tasks_per_s"]
+        emit({"metric": "wasimoff", "backend": backend, "nodes": n, "share_per_node": args.share,
+              "share_method": shares.method, **result})
+    emit({"metric": "wasimoff_ratio", "share_method": shares.method, "share_per_node": args.share,
+          "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.6,
+          "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2),
+          "redis1_vs_memory1": round(rates[("redis", 1)] / rates[("memory", 1)], 2)})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--metrics", default="cpu,idle,scaling,latency,kill")
@@ -602,7 +689,7 @@ def main() -> None:
     prepare_generator()
     shares = CpuShare()
     runs = {"cpu": run_cpu, "idle": run_idle, "scaling": run_scaling, "latency": run_latency, "kill": run_kill,
-            "overlay": run_overlay}
+            "overlay": run_overlay, "wasimoff": run_wasimoff}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         try:
             for metric in args.metrics.split(","):
