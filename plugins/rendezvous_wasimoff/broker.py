@@ -10,6 +10,7 @@ reports results with :meth:`Broker.completed` / :meth:`Broker.transport_error` a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, cast
@@ -46,6 +47,11 @@ class Broker:
         self.tasks.attach(self.execute)
         self.dispatch: Dispatch[Worker, TaskHandle] = self.tasks.dispatch
         self.metrics = Metrics(registry)
+        self._loop: asyncio.AbstractEventLoop | None = None  # (kept: asked for, it is a getpid() on 3.11)
+        # Read from the dispatcher when scraped, not set after every effect (two locked writes a task).
+        dispatch = self.dispatch
+        self.metrics.queued.set_function(lambda: dispatch.queued)
+        self.metrics.dispatching.set_function(lambda: dispatch.in_flight)
         self.status = WasimoffStatus(self.dispatch, self.metrics)  # the status page's numbers
         self.workers: dict[Worker, None] = {}  # admitted providers of both generations, in order
         # Called with the new provider count whenever it changes (gen C tells its providers).
@@ -104,8 +110,6 @@ class Broker:
             elif type(effect) is Revoke:
                 worker: Worker = effect.worker
                 await worker.revoke(effect.task)
-        self.metrics.queued.set(self.dispatch.queued)
-        self.metrics.dispatching.set(self.dispatch.in_flight)
 
     async def _start(self, worker: Worker, task: TaskHandle) -> None:
         task.attempts += 1
@@ -238,7 +242,10 @@ class Broker:
             raise RpcError("unavailable", "broker backend unavailable") from None
         try:
             await self.execute(effects)
-            await task.event.wait()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            await task.event.wait(loop)
         finally:
             if not task.event.is_set():  # the client went away: revoke it
                 with anyio.CancelScope(shield=True):
