@@ -23,6 +23,10 @@ One JSON line per measurement:
                                               on ConnectRPC) at saturation, each node held to --share: tasks/s for
                                               memory x1, redis x1, redis x2 (providers and clients spread over the
                                               nodes), and the ratios (target: redis x2 >= 1.6 x redis x1)
+  {"bench":"cluster","metric":"wasimoff_kill",...} wasimoff on redis x3, providers taking 50 ms a task, clients on every
+                                              node; one node killed with SIGKILL after 3 s: every request of a client
+                                              on a surviving node must end with a result or an error ("lost": none
+                                              within 30 s), by cause
   {"bench":"cluster","metric":"kill",...}     redis x3 at --kill-rate, one node killed with SIGKILL after 4 s:
                                               client outcomes by cause, time until >= 99 % of the clients that
                                               reach a live node succeed again, time until the keys in Redis
@@ -39,7 +43,8 @@ simulated: requests go to random live nodes, and a node that refuses a connectio
 Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 at the same share; broker CPU
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
-Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff] [--rate 800] [--share 0.25]
+Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff,wasimoff_kill] [--rate 800]
+                               [--share 0.25]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
 
@@ -673,6 +678,73 @@ def run_wasimoff(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
           "redis1_vs_memory1": round(rates[("redis", 1)] / rates[("memory", 1)], 2)})
 
 
+def run_wasimoff_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    import wasimoff as wm
+
+    class SlowProvider(wm.FakeProvider):
+        """Answers a task 50 ms after it came (so tasks are running when a node dies)."""
+
+        def on_message(self, client, payload: bytes) -> None:
+            envelope = wm.schema.Envelope()
+            envelope.ParseFromString(payload)
+            if envelope.type == wm.schema.REQUEST and isinstance(wm.unpack(envelope), wm.schema.Wasip1Request):
+                asyncio.get_running_loop().call_later(0.05, self.answer_late, client, payload)
+            else:
+                super().on_message(client, payload)
+
+        def answer_late(self, client, payload: bytes) -> None:
+            if client.transport is not None and not client.transport.is_closing():  # (its node may have died)
+                super().on_message(client, payload)
+
+    async def scenario(setup: Setup) -> dict:
+        ports = [node.port for node in setup.nodes]
+        conn = await connect("127.0.0.1", ports[0])
+        status, reply = await conn.request("POST", "/api/storage/upload?name=bench.wasm", wm.WASM)
+        assert status == 200, reply
+        conn.close()
+        fakes = [SlowProvider() for _ in range(6)]
+        for i, fake in enumerate(fakes):
+            await fake.start(ports[i % 3], f"slow{i}", 2)
+        await asyncio.sleep(1.0)
+        request = wm.schema.Wasip1Request()
+        request.params.binary.ref = "bench.wasm"
+        request.params.args.extend(["bench.wasm", "x"])
+        body = request.SerializeToString()
+        path = "/api/client/wasimoff.v1.Tasks/RunWasip1"
+        outcomes: dict[int, collections.Counter[str]] = {i: collections.Counter() for i in range(3)}
+        running = True
+
+        async def client(node: int) -> None:
+            conn = await connect("127.0.0.1", ports[node])
+            while running:
+                try:
+                    code, _ = await asyncio.wait_for(conn.request_with_headers(
+                        "POST", path, body, "content-type: application/proto\r\n"), 30)
+                except asyncio.TimeoutError:
+                    outcomes[node]["lost (no answer in 30 s)"] += 1
+                    return
+                except (ConnectionError, OSError):
+                    outcomes[node]["connection error"] += 1
+                    return  # (its node died: a client there reconnects elsewhere, a new request)
+                outcomes[node]["result" if code == 200 else f"error {code}"] += 1
+
+        load = asyncio.ensure_future(asyncio.gather(*(client(j % 3) for j in range(60))))
+        await asyncio.sleep(3.0)
+        setup.nodes[1].kill()
+        await asyncio.sleep(6.0)
+        running = False
+        await asyncio.wait_for(load, 40)
+        for fake in fakes:
+            fake.ws.close()
+        survivors = outcomes[0] + outcomes[2]
+        return {"killed": "node 1 of 3", "outcomes_on_surviving_nodes": dict(survivors),
+                "outcomes_on_the_killed_node": dict(outcomes[1]),
+                "lost": survivors["lost (no answer in 30 s)"], "target_lost": 0}
+
+    with Setup("redis", 3, None, shares, tmp, profile="wasimoff") as setup:
+        emit({"metric": "wasimoff_kill", **asyncio.run(scenario(setup))})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--metrics", default="cpu,idle,scaling,latency,kill")
@@ -689,7 +761,7 @@ def main() -> None:
     prepare_generator()
     shares = CpuShare()
     runs = {"cpu": run_cpu, "idle": run_idle, "scaling": run_scaling, "latency": run_latency, "kill": run_kill,
-            "overlay": run_overlay, "wasimoff": run_wasimoff}
+            "overlay": run_overlay, "wasimoff": run_wasimoff, "wasimoff_kill": run_wasimoff_kill}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         try:
             for metric in args.metrics.split(","):
