@@ -63,6 +63,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from common import GENERATOR_CORE, cpu_seconds, free_port, prepare_generator, start_pinned
@@ -518,6 +519,37 @@ def run_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
               "seconds_until_baseline_after_load": round(time.monotonic() - started, 2), "left": rest[:5]})
 
 
+def summary(unit: str, setup: Setup, done: int, elapsed: float, broker: float, redis: float, generator: float,
+            latencies: list[float]) -> dict:
+    """A measurement's line: ``done`` units (joins, tasks) in ``elapsed`` s, CPU seconds of the brokers, of
+    redis-server and of this generator meanwhile, and the units' latencies."""
+    latencies = sorted(latencies)
+    n = len(latencies)
+    return {"seconds": round(elapsed, 1), f"{unit}s_per_s": round(done / elapsed, 1),
+            f"broker_cpu_us_per_{unit}": round(broker * 1e6 / max(1, done), 1),
+            f"redis_cpu_us_per_{unit}": round(redis * 1e6 / max(1, done), 1) if setup.redis else None,
+            "broker_cpu_cores": round(broker / elapsed, 3),
+            "p50_ms": round(statistics.median(latencies) * 1000, 2) if n else None,
+            "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
+            "generator_cpu_pct": round(100 * generator / elapsed, 1)}
+
+
+def run_scaled(args: argparse.Namespace, shares: CpuShare, tmp: str, profile: str, unit: str, measure: Any) -> None:
+    """``measure(setup)`` (at saturation) on memory x1, redis x1 and redis x2, each node held to ``--share``,
+    then the ratios (#13's target: redis x2 >= 1.6 x redis x1)."""
+    rates = {}
+    for backend, n in (("memory", 1), ("redis", 1), ("redis", 2)):
+        with Setup(backend, n, args.share, shares, tmp, profile=profile) as setup:
+            result = asyncio.run(measure(setup))
+        rates[(backend, n)] = result[f"{unit}s_per_s"]
+        emit({"metric": profile, "backend": backend, "nodes": n, "share_per_node": args.share,
+              "share_method": shares.method, **result})
+    emit({"metric": f"{profile}_ratio", "share_method": shares.method, "share_per_node": args.share,
+          "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.6,
+          "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2),
+          "redis1_vs_memory1": round(rates[("redis", 1)] / rates[("memory", 1)], 2)})
+
+
 async def measure_joins(setup: Setup, *, seconds: float, concurrency: int, warmup: float = 2.0) -> dict:
     """bench/overlay.py's realistic joins over the setup's nodes: the root on node 0, each joiner's socket
     and each of the root's answering sockets on a random node (so on x2 half the frames cross nodes)."""
@@ -576,29 +608,13 @@ async def measure_joins(setup: Setup, *, seconds: float, concurrency: int, warmu
     except TimeoutError:
         load.cancel()
     root.close()
-    latencies.sort()
-    n = len(latencies)
-    return {"joins": done, "failures": failures, "seconds": round(elapsed, 1), "joins_per_s": round(done / elapsed, 1),
-            "broker_cpu_us_per_join": round(broker * 1e6 / max(1, done), 1),
-            "redis_cpu_us_per_join": round(redis * 1e6 / max(1, done), 1) if setup.redis else None,
-            "broker_cpu_cores": round(broker / elapsed, 3),
-            "p50_ms": round(statistics.median(latencies) * 1000, 2) if n else None,
-            "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
-            "generator_cpu_pct": round(100 * generator / elapsed, 1)}
+    return {"joins": done, "failures": failures,
+            **summary("join", setup, done, elapsed, broker, redis, generator, latencies)}
 
 
 def run_overlay(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
-    rates = {}
-    for backend, n in (("memory", 1), ("redis", 1), ("redis", 2)):
-        with Setup(backend, n, args.share, shares, tmp, profile="overlay") as setup:
-            result = asyncio.run(measure_joins(setup, seconds=args.duration, concurrency=args.joiners))
-        rates[(backend, n)] = result["joins_per_s"]
-        emit({"metric": "overlay", "backend": backend, "nodes": n, "share_per_node": args.share,
-              "share_method": shares.method, **result})
-    emit({"metric": "overlay_ratio", "share_method": shares.method, "share_per_node": args.share,
-          "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.6,
-          "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2),
-          "redis1_vs_memory1": round(rates[("redis", 1)] / rates[("memory", 1)], 2)})
+    run_scaled(args, shares, tmp, "overlay", "join",
+               lambda setup: measure_joins(setup, seconds=args.duration, concurrency=args.joiners))
 
 
 async def measure_tasks(setup: Setup, *, seconds: float, providers: int, slots: int, clients: int) -> dict:
@@ -607,20 +623,8 @@ async def measure_tasks(setup: Setup, *, seconds: float, providers: int, slots: 
     import wasimoff as wm  # (bench/wasimoff.py: its fake provider and request)
 
     ports = [node.port for node in setup.nodes]
-    conn = await connect("127.0.0.1", ports[0])
-    status, body = await conn.request("POST", "/api/storage/upload?name=bench.wasm", wm.WASM)
-    assert status == 200, body
-    conn.close()
-    fakes = [wm.FakeProvider() for _ in range(providers)]
-    for i, fake in enumerate(fakes):
-        await fake.start(ports[i % len(ports)], f"fake{i}", slots)
-    await asyncio.sleep(1.0)
-    request = wm.schema.Wasip1Request()
-    request.params.binary.ref = "bench.wasm"
-    request.params.args.extend(["bench.wasm", "x"])
-    body = request.SerializeToString()
+    fakes, body = await wm.prepare(ports, providers, slots, settle=1.0)
     conns = [await connect("127.0.0.1", ports[j % len(ports)]) for j in range(clients)]
-    path = "/api/client/wasimoff.v1.Tasks/RunWasip1"
     done, errors, latencies = 0, 0, []
     running = True
 
@@ -628,7 +632,7 @@ async def measure_tasks(setup: Setup, *, seconds: float, providers: int, slots: 
         nonlocal done, errors
         while running:
             started = time.perf_counter()
-            code, _ = await conn.request_with_headers("POST", path, body, "content-type: application/proto\r\n")
+            code, _ = await conn.request_with_headers("POST", wm.TASK_PATH, body, wm.PROTO)
             if code == 200:
                 done += 1
                 latencies.append(time.perf_counter() - started)
@@ -653,29 +657,13 @@ async def measure_tasks(setup: Setup, *, seconds: float, providers: int, slots: 
         c.close()
     for fake in fakes:
         fake.ws.close()
-    latencies.sort()
-    n = len(latencies)
-    return {"tasks": n_done, "errors": errors, "seconds": round(elapsed, 1), "tasks_per_s": round(n_done / elapsed, 1),
-            "broker_cpu_us_per_task": round(broker * 1e6 / max(1, n_done), 1),
-            "redis_cpu_us_per_task": round(redis * 1e6 / max(1, n_done), 1) if setup.redis else None,
-            "broker_cpu_cores": round(broker / elapsed, 3),
-            "p50_ms": round(statistics.median(latencies) * 1000, 2) if n else None,
-            "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
-            "generator_cpu_pct": round(100 * generator / elapsed, 1)}
+    return {"tasks": n_done, "errors": errors,
+            **summary("task", setup, n_done, elapsed, broker, redis, generator, latencies)}
 
 
 def run_wasimoff(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
-    rates = {}
-    for backend, n in (("memory", 1), ("redis", 1), ("redis", 2)):
-        with Setup(backend, n, args.share, shares, tmp, profile="wasimoff") as setup:
-            result = asyncio.run(measure_tasks(setup, seconds=args.duration, providers=8, slots=2, clients=64))
-        rates[(backend, n)] = result["tasks_per_s"]
-        emit({"metric": "wasimoff", "backend": backend, "nodes": n, "share_per_node": args.share,
-              "share_method": shares.method, **result})
-    emit({"metric": "wasimoff_ratio", "share_method": shares.method, "share_per_node": args.share,
-          "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.6,
-          "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2),
-          "redis1_vs_memory1": round(rates[("redis", 1)] / rates[("memory", 1)], 2)})
+    run_scaled(args, shares, tmp, "wasimoff", "task",
+               lambda setup: measure_tasks(setup, seconds=args.duration, providers=8, slots=2, clients=64))
 
 
 def run_wasimoff_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
@@ -698,19 +686,7 @@ def run_wasimoff_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> N
 
     async def scenario(setup: Setup) -> dict:
         ports = [node.port for node in setup.nodes]
-        conn = await connect("127.0.0.1", ports[0])
-        status, reply = await conn.request("POST", "/api/storage/upload?name=bench.wasm", wm.WASM)
-        assert status == 200, reply
-        conn.close()
-        fakes = [SlowProvider() for _ in range(6)]
-        for i, fake in enumerate(fakes):
-            await fake.start(ports[i % 3], f"slow{i}", 2)
-        await asyncio.sleep(1.0)
-        request = wm.schema.Wasip1Request()
-        request.params.binary.ref = "bench.wasm"
-        request.params.args.extend(["bench.wasm", "x"])
-        body = request.SerializeToString()
-        path = "/api/client/wasimoff.v1.Tasks/RunWasip1"
+        fakes, body = await wm.prepare(ports, 6, 2, SlowProvider, settle=1.0)
         outcomes: dict[int, collections.Counter[str]] = {i: collections.Counter() for i in range(3)}
         running = True
 
@@ -718,8 +694,7 @@ def run_wasimoff_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> N
             conn = await connect("127.0.0.1", ports[node])
             while running:
                 try:
-                    code, _ = await asyncio.wait_for(conn.request_with_headers(
-                        "POST", path, body, "content-type: application/proto\r\n"), 30)
+                    code, _ = await asyncio.wait_for(conn.request_with_headers("POST", wm.TASK_PATH, body, wm.PROTO), 30)
                 except asyncio.TimeoutError:
                     outcomes[node]["lost (no answer in 30 s)"] += 1
                     return

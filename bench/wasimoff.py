@@ -76,29 +76,39 @@ class FakeProvider:
         self.ws.send(event.SerializeToString(), binary=True)
 
 
-async def dispatch(port: int, pid: int, providers: int, slots: int, clients: int, duration: float) -> dict:
-    conn = await http_connect("127.0.0.1", port)
+TASK_PATH = "/api/client/wasimoff.v1.Tasks/RunWasip1"
+PROTO = "content-type: application/proto\r\n"
+
+
+async def prepare(ports: list[int], providers: int, slots: int, provider: type[FakeProvider] = FakeProvider,
+                  settle: float = 0.5) -> tuple[list[FakeProvider], bytes]:
+    """The binary uploaded (to ``ports[0]``), ``providers`` connected (provider i to ``ports[i mod n]``):
+    the providers, and the body of a RunWasip1 request for the binary."""
+    conn = await http_connect("127.0.0.1", ports[0])
     status, body = await conn.request("POST", "/api/storage/upload?name=bench.wasm", WASM)
     assert status == 200, body
     conn.close()
-    fakes = [FakeProvider() for _ in range(providers)]
+    fakes = [provider() for _ in range(providers)]
     for i, fake in enumerate(fakes):
-        await fake.start(port, f"fake{i}", slots)
-    await asyncio.sleep(0.5)
+        await fake.start(ports[i % len(ports)], f"fake{i}", slots)
+    await asyncio.sleep(settle)
     request = schema.Wasip1Request()
     request.params.binary.ref = "bench.wasm"
     request.params.args.extend(["bench.wasm", "x"])
-    body = request.SerializeToString()
+    return fakes, request.SerializeToString()
+
+
+async def dispatch(port: int, pid: int, providers: int, slots: int, clients: int, duration: float) -> dict:
+    fakes, body = await prepare([port], providers, slots)
     latencies: list[float] = []
     errors = 0
     peers = [Peer("127.0.0.1", port, await http_connect("127.0.0.1", port)) for _ in range(clients)]
-    path = "/api/client/wasimoff.v1.Tasks/RunWasip1"
 
     async def client_loop(peer: Peer, stop_at: float, record: bool) -> None:
         nonlocal errors
         while time.monotonic() < stop_at:
             start = time.perf_counter()
-            code, reply = await peer.conn.request_with_headers("POST", path, body, "content-type: application/proto\r\n")
+            code, reply = await peer.conn.request_with_headers("POST", TASK_PATH, body, PROTO)
             if code == 200:
                 if record:
                     latencies.append(time.perf_counter() - start)
