@@ -23,7 +23,25 @@ from rendezvous.core.pairing import Pairing
 from rendezvous.core.routing import RootPolicy, Router
 
 
-class MemoryPairingStore:
+class _Timed:
+    """A store that is one core matcher (:mod:`rendezvous.core`) on this node: its timers run
+    by a :class:`Driver`, their effects to the executor attached."""
+
+    def __init__(self, matcher: Any, clock: Clock) -> None:
+        self._execute: Execute = discard
+        self._driver = Driver(matcher, self._timed, clock)
+
+    def attach(self, execute: Execute) -> None:
+        self._execute = execute
+
+    async def run(self) -> None:
+        await self._driver.run()
+
+    async def _timed(self, effects: Sequence[Effect]) -> None:
+        await self._execute(effects)
+
+
+class MemoryPairingStore(_Timed):
     """:class:`Pairing` as a :class:`~rendezvous.backends.base.PairingStore`.
 
     The one addition: ``answer`` returns the waiter's ``info`` (a node that takes a proxy's
@@ -36,14 +54,7 @@ class MemoryPairingStore:
         self.hold_timeout = hold_timeout
         self.answer_timeout = answer_timeout
         self._asker_info: dict[Hashable, Any] = {}
-        self._execute: Execute = discard
-        self._driver = Driver(self._pairing, self._timed, clock)
-
-    def attach(self, execute: Execute) -> None:
-        self._execute = execute
-
-    async def run(self) -> None:
-        await self._driver.run()
+        super().__init__(self._pairing, clock)
 
     async def _timed(self, effects: Sequence[Effect]) -> None:
         await self._execute(self._forget(effects))
@@ -101,7 +112,7 @@ class MemoryPairingStore:
         return self._pairing.known()
 
 
-class MemoryRoutingStore:
+class MemoryRoutingStore(_Timed):
     """:class:`Router` as a :class:`~rendezvous.backends.base.RoutingStore`: each method is the
     router's, and no call suspends. The store's timers are the router's (a :class:`Driver`)."""
 
@@ -109,17 +120,7 @@ class MemoryRoutingStore:
                  max_endpoints: int | None = None, ids: IdSource | None = None, clock: Clock = time.monotonic) -> None:
         self.router: Router[Any] = Router(endpoint_lifetime=endpoint_lifetime, keepalive_interval=keepalive_interval,
                                           root_policy=root_policy, max_endpoints=max_endpoints, ids=ids)
-        self._execute: Execute = discard
-        self._driver = Driver(self.router, self._timed, clock)
-
-    def attach(self, execute: Execute) -> None:
-        self._execute = execute
-
-    async def run(self) -> None:
-        await self._driver.run()
-
-    async def _timed(self, effects: Sequence[Effect]) -> None:
-        await self._execute(effects)
+        super().__init__(self.router, clock)
 
     async def open_endpoint(self, now: float, party: Hashable) -> tuple[str | None, list[Effect]]:
         endpoint_id, effects = self.router.open_endpoint(now, party)
@@ -149,25 +150,15 @@ class MemoryRoutingStore:
         return self.router.next_deadline()
 
 
-class MemoryTaskStore:
+class MemoryTaskStore(_Timed):
     """:class:`Dispatch` as a :class:`~rendezvous.backends.base.TaskStore`: each method is the
     dispatcher's, and no call suspends. The store's timers (retries) are the dispatcher's."""
 
     def __init__(self, *, policy: Policy = Policy.SIMPLE_MATCH, queue_limit: int = 2048, max_attempts: int = 10,
                  clock: Clock = time.monotonic) -> None:
         self.dispatch: Dispatch[Any, Any] = Dispatch(policy=policy, queue_limit=queue_limit, max_attempts=max_attempts)
-        self._execute: Execute = discard
-        self._driver = Driver(self.dispatch, self._timed, clock)
+        super().__init__(self.dispatch, clock)
         self._ids = itertools.count(1)
-
-    def attach(self, execute: Execute) -> None:
-        self._execute = execute
-
-    async def run(self) -> None:
-        await self._driver.run()
-
-    async def _timed(self, effects: Sequence[Effect]) -> None:
-        await self._execute(effects)
 
     def new_id(self) -> str:
         return str(next(self._ids))
