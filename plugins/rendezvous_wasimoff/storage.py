@@ -35,6 +35,17 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def accepted_media(data: bytes, media: str | None, strict: bool) -> str:
+    """The media type ``data`` is stored with (given, else sniffed); ``strict`` (gen C): only
+    WebAssembly and zip, else :class:`Unsupported`."""
+    media = media or sniff(data)
+    if media not in (WASM, ZIP):
+        if strict:
+            raise Unsupported("unsupported filetype")
+        media = media or "application/octet-stream"
+    return media
+
+
 def ref_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -50,11 +61,7 @@ class MemoryStorage:
     def put(self, data: bytes, name: str | None = None, media: str | None = None, strict: bool = True) -> str:
         """Store ``data``; its ref. ``strict``: only WebAssembly and zip (gen C); gen A's
         upload takes any file (data files for ``loadfs``). Durable when it returns."""
-        media = media or sniff(data)
-        if media not in (WASM, ZIP):
-            if strict:
-                raise Unsupported("unsupported filetype")
-            media = media or "application/octet-stream"
+        media = accepted_media(data, media, strict)
         ref = ref_of(data)
         with self._writing:
             index_changed = self._store(ref, data, media)
@@ -213,11 +220,7 @@ class RedisStorage(MemoryStorage):
                 self._cached -= len(old)
 
     def put(self, data: bytes, name: str | None = None, media: str | None = None, strict: bool = True) -> str:
-        media = media or sniff(data)
-        if media not in (WASM, ZIP):
-            if strict:
-                raise Unsupported("unsupported filetype")
-            media = media or "application/octet-stream"
+        media = accepted_media(data, media, strict)
         ref = ref_of(data)
         digest = ref.split(":", 1)[1]
         if ref not in self._cache and not self._redis.hexists(self._key + ":media", ref):
