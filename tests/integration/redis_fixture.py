@@ -168,3 +168,33 @@ async def redis_nodes(url: str, prefix: str, n: int, *, hold_timeout: float = 10
             nodes.append(node)
         yield nodes
         tg.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def running_store_nodes(url: str, prefix: str, n: int, make_node: Any, *, node_ttl: float = 3.0) -> AsyncIterator[list]:
+    """``n`` redis backends (nodes) sharing ``prefix`` on one server, each running with the node
+    ``make_node(backend)`` builds around one of its stores (``.store``, run too); a node's
+    ``scopes`` stop its backend and its store (a node's death)."""
+    settings = BackendSettings(url=url, prefix=prefix, node_ttl=node_ttl)
+    async with anyio.create_task_group() as tg:
+        nodes = []
+        for _ in range(n):
+            backend = create_backend("redis", settings)
+            scopes = [anyio.CancelScope(), anyio.CancelScope()]
+
+            async def run(backend: Any = backend, scope: anyio.CancelScope = scopes[0], *, task_status: Any) -> None:
+                with scope:
+                    await backend.run(task_status=task_status)
+
+            await tg.start(run)
+            node = make_node(backend)
+            node.scopes = scopes
+
+            async def run_store(node: Any = node, scope: anyio.CancelScope = scopes[1]) -> None:
+                with scope:
+                    await node.store.run()
+
+            tg.start_soon(run_store)
+            nodes.append(node)
+        yield nodes
+        tg.cancel_scope.cancel()

@@ -15,11 +15,11 @@ from typing import Any, AsyncIterator
 import anyio
 import pytest
 
-from rendezvous.backends import BackendSettings, create_backend
+from rendezvous.backends import create_backend
 from rendezvous.core import Answered, Close, Deliver, Dropped, Keepalive, RootPolicy
 from rendezvous.testing import FakeClock, wait_until
 
-from .redis_fixture import RedisServer
+from .redis_fixture import RedisServer, running_store_nodes
 
 pytestmark = pytest.mark.anyio
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -85,31 +85,11 @@ class RouteNode:
 @contextlib.asynccontextmanager
 async def redis_route_nodes(url: str, prefix: str, n: int, *, node_ttl: float = 3.0, **options: Any) -> AsyncIterator[list]:
     """``n`` redis backends (nodes), each with a routing store (running) of one overlay."""
-    settings = BackendSettings(url=url, prefix=prefix, node_ttl=node_ttl)
     options.setdefault("clock", FakeClock(0.0))
-    async with anyio.create_task_group() as tg:
-        nodes = []
-        for _ in range(n):
-            backend = create_backend("redis", settings)
-            scopes = [anyio.CancelScope(), anyio.CancelScope()]
-
-            async def run(backend: Any = backend, scope: anyio.CancelScope = scopes[0], *, task_status: Any) -> None:
-                with scope:
-                    await backend.run(task_status=task_status)
-
-            await tg.start(run)
-            node = RouteNode(backend.routing("ov:test", **options), backend)
-            node.scopes = scopes
-
-            async def run_store(node: RouteNode = node, scope: anyio.CancelScope = scopes[1]) -> None:
-                with scope:
-                    await node.store.run()
-
-            tg.start_soon(run_store)
-            nodes.append(node)
+    async with running_store_nodes(url, prefix, n, lambda backend: RouteNode(backend.routing("ov:test", **options), backend),
+                                   node_ttl=node_ttl) as nodes:
         await wait_until(lambda: all(node.store._slot_live() for node in nodes))
         yield nodes
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture(params=["memory", "redis"])

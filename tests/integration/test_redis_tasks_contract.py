@@ -16,12 +16,12 @@ import anyio
 import msgpack
 import pytest
 
-from rendezvous.backends import BackendSettings, create_backend
+from rendezvous.backends import create_backend
 from rendezvous.core import Deliver, Failed, QueueFull, Revoke
 from rendezvous.core.dispatch import wasimoff_retry_delay
 from rendezvous.testing import wait_until
 
-from .redis_fixture import RedisServer
+from .redis_fixture import RedisServer, running_store_nodes
 from .test_overlay_cluster import keys
 
 pytestmark = pytest.mark.anyio
@@ -94,29 +94,9 @@ class TaskNode:
 
 @contextlib.asynccontextmanager
 async def redis_task_nodes(url: str, prefix: str, n: int, *, node_ttl: float = 3.0, **options: Any) -> AsyncIterator[list]:
-    settings = BackendSettings(url=url, prefix=prefix, node_ttl=node_ttl)
-    async with anyio.create_task_group() as tg:
-        nodes = []
-        for _ in range(n):
-            backend = create_backend("redis", settings)
-            scopes = [anyio.CancelScope(), anyio.CancelScope()]
-
-            async def run(backend: Any = backend, scope: anyio.CancelScope = scopes[0], *, task_status: Any) -> None:
-                with scope:
-                    await backend.run(task_status=task_status)
-
-            await tg.start(run)
-            node = TaskNode(backend.tasks("wasimoff", codec=Codec(), **options), backend)
-            node.scopes = scopes
-
-            async def run_store(node: TaskNode = node, scope: anyio.CancelScope = scopes[1]) -> None:
-                with scope:
-                    await node.store.run()
-
-            tg.start_soon(run_store)
-            nodes.append(node)
+    async with running_store_nodes(url, prefix, n, lambda backend: TaskNode(backend.tasks("wasimoff", codec=Codec(), **options), backend),
+                                   node_ttl=node_ttl) as nodes:
         yield nodes
-        tg.cancel_scope.cancel()
 
 
 @pytest.fixture(params=["memory", "redis"])
