@@ -4,6 +4,7 @@ messages to the pairing matcher: a store of the server's backend (``memory``: on
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import enum
 import ipaddress
@@ -131,20 +132,6 @@ class SnowflakeProfile:
         return SnowflakeRuntime(context)
 
 
-class _Waiting:
-    """One HTTP request waiting in the matcher (a proxy poll or a client offer), in a task."""
-
-    __slots__ = ("event", "result")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.result: Any = None
-
-    def deliver(self, result: Any) -> None:
-        self.result = result
-        self.event.set()
-
-
 class _Then:
     """One HTTP request waiting in the matcher without a task: ``then(result)`` answers it
     (``respond`` gets a logged 500 if that fails: it runs in another request's handler)."""
@@ -255,20 +242,15 @@ class SnowflakeRuntime:
         elif s.broker_sqs_region:
             self.log.warning("--broker-sqs-region without --broker-sqs-name: no SQS rendezvous")
         any_method: frozenset[str] = frozenset()
-        if isinstance(self.pairing, ImmediatePairingStore):
-            # One node: the hot three answer without a task (a long-poll is a callback).
-            self.now: ImmediatePairingStore = self.pairing
-            hot = [
-                ExchangeRoute.immediate_route(path, self._preflight_now(handler), any_method, READ_LIMIT)
-                for path, handler in (("/proxy", self.proxy_poll_now), ("/client", self.client_offer_now),
-                                      ("/answer", self.proxy_answer_now))
-            ]
-        else:
-            hot = [
-                ExchangeRoute(path, self._preflight(handler), any_method, READ_LIMIT)
-                for path, handler in (("/proxy", self.proxy_poll), ("/client", self.client_offer),
-                                      ("/answer", self.proxy_answer))
-            ]
+        if not isinstance(self.pairing, ImmediatePairingStore):
+            raise ConfigError(f"the {context.backend.name!r} backend's pairing store has no callback form (ImmediatePairingStore)")
+        # The hot three answer without a task (a long-poll is a callback parked in the store).
+        self.now: ImmediatePairingStore = self.pairing
+        hot = [
+            ExchangeRoute.immediate_route(path, self._preflight_now(handler), any_method, READ_LIMIT)
+            for path, handler in (("/proxy", self.proxy_poll_now), ("/client", self.client_offer_now),
+                                  ("/answer", self.proxy_answer_now))
+        ]
         self.routes = [
             *hot,
             ExchangeRoute("/debug", self._cors(self.debug), any_method, READ_LIMIT),
@@ -312,6 +294,10 @@ class SnowflakeRuntime:
         self._execute(await self.pairing.drain(self.clock()))
 
     # -- effects ----------------------------------------------------------------------------
+    def _then_execute(self, _: Any, effects: Sequence[Any]) -> None:
+        if effects:
+            self._execute(effects)
+
     def _execute(self, effects: Sequence[Any]) -> None:
         for effect in effects:
             if type(effect) is Deliver:
@@ -322,12 +308,6 @@ class SnowflakeRuntime:
     async def _execute_timed(self, effects: Sequence[Any]) -> None:
         self._execute(effects)
 
-    async def _gone(self, party: _Waiting) -> None:
-        """A proxy or a client hung up while waiting: its poll leaves the pool, its match ends.
-        Shielded: the handler is being cancelled, and the store still has to hear of it."""
-        with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
-            await self.pairing.gone(self.clock(), party)
-
     def _cors(self, handler: Any) -> Any:
         async def with_cors(request: HttpRequest) -> HttpResponse:
             if request.method == "OPTIONS":
@@ -336,17 +316,6 @@ class SnowflakeRuntime:
             return HttpResponse(response.status, response.body, (*CORS, *response.headers))
 
         return with_cors
-
-    @staticmethod
-    def _preflight(handler: Any) -> Any:
-        """CORS preflight for a handler whose replies carry CORS themselves."""
-
-        async def or_preflight(request: HttpRequest) -> HttpResponse:
-            if request.method == "OPTIONS":
-                return PREFLIGHT
-            return await handler(request)
-
-        return or_preflight
 
     @staticmethod
     def _preflight_now(handler: Any) -> Any:
@@ -415,25 +384,6 @@ class SnowflakeRuntime:
         self.prom.proxy_poll.inc_values(poll.nat, poll.type, "matched")
         return HttpResponse(200, messages.encode_poll_reply(STATUS_MATCH, *offer), CORS_TEXT)
 
-    async def proxy_poll(self, request: HttpRequest) -> HttpResponse:
-        admitted = self._poll_admit(request)
-        if type(admitted) is HttpResponse:
-            return admitted
-        poll, pool = admitted  # type: ignore[misc]
-        waiter = _Waiting()
-        gauge = self.prom.available(poll.type, poll.nat)
-        gauge.inc()
-        try:
-            effects = await self.pairing.wait(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat))
-            if effects:
-                self._execute(effects)
-            await waiter.event.wait()
-        finally:
-            gauge.dec()
-            if not waiter.event.is_set():  # the proxy hung up while waiting
-                await self._gone(waiter)
-        return self._poll_reply(poll, waiter.result)  # (sdp, nat, relay_url) or None
-
     def proxy_poll_now(self, request: HttpRequest, respond: Respond) -> Forget | None:
         admitted = self._poll_admit(request)
         if type(admitted) is HttpResponse:
@@ -448,9 +398,7 @@ class SnowflakeRuntime:
 
         waiter = _Then(then, respond, "/proxy")
         gauge.inc()
-        effects = self.now.wait_now(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat))
-        if effects:
-            self._execute(effects)
+        self.now.wait_now(self.clock(), poll.sid, waiter, pool, poll.clients, (poll.type, poll.nat), self._then_execute)
 
         def forget() -> None:  # the proxy hung up while waiting
             if not waiter.delivered:
@@ -479,21 +427,17 @@ class SnowflakeRuntime:
         self._execute(effects)
         return HttpResponse(200, messages.encode_answer_reply(True), CORS_TEXT)
 
-    async def proxy_answer(self, request: HttpRequest) -> HttpResponse:
-        answer = self._answer_admit(request)
-        if type(answer) is HttpResponse:
-            return answer
-        # The client may wait on another node: the store delivers it there, and tells the proxy's type here.
-        info, effects = await self.pairing.answer(self.clock(), answer.sid, answer.answer)  # type: ignore[union-attr]
-        return self._answer_reply(info, effects)
-
     def proxy_answer_now(self, request: HttpRequest, respond: Respond) -> None:
         answer = self._answer_admit(request)
         if type(answer) is HttpResponse:
             respond(answer)
             return
-        info, effects = self.now.answer_now(self.clock(), answer.sid, answer.answer)  # type: ignore[union-attr]
-        respond(self._answer_reply(info, effects))
+
+        def then(info: Any, effects: list[Any]) -> None:
+            respond(self._answer_reply(info, effects))
+
+        # The client may wait on another node: the store delivers it there, and tells the proxy's type here.
+        self.now.answer_now(self.clock(), answer.sid, answer.answer, then)  # type: ignore[union-attr]
 
     # -- /client ----------------------------------------------------------------------------
     def _client_admit(self, body: bytes, method: str, ip: str | None) -> _Client | tuple[None, str, str | None]:
@@ -529,41 +473,29 @@ class SnowflakeRuntime:
         self.log.info("client matched", method=method, nat=nat, ms=round(waited * 1000, 1))
         return answer, None, client.ip
 
-    async def _rendezvous(self, body: bytes, method: str, ip: str | None) -> tuple[str | None, str | None, str | None]:
-        """A v1.0 client request → (answer, error, ip used for metrics)."""
-        client = self._client_admit(body, method, ip)
-        if type(client) is not _Client:
-            return client  # type: ignore[return-value]
-        asker = _Waiting()
-        info, effects = await self.pairing.ask(self.clock(), asker, self.client_pools[client.poll.nat], client.offer)
-        if info is None:
-            return self._client_denied(client)
-        self._execute(effects)
-        try:
-            await asker.event.wait()
-        finally:
-            if not asker.event.is_set():  # the client hung up: free the match
-                await self._gone(asker)
-        return self._client_answered(client, asker.result)
-
     def _rendezvous_now(self, body: bytes, method: str, ip: str | None, done: Any, respond: Respond) -> Forget | None:
-        """:meth:`_rendezvous` without a task: ``done(answer, error)`` now or when the answer comes."""
+        """A v1.0 client request, without a task: ``done(answer, error)`` now or when the answer
+        comes (``respond`` gets a logged 500 should that fail); returns what to call if the
+        client hangs up first."""
         client = self._client_admit(body, method, ip)
         if type(client) is not _Client:
             done(client[0], client[1])  # type: ignore[index]
             return None
 
-        def then(answer: str | None) -> None:
+        def answered(answer: str | None) -> None:
             result = self._client_answered(client, answer)
             done(result[0], result[1])
 
-        asker = _Then(then, respond, "/client")
-        info, effects = self.now.ask_now(self.clock(), asker, self.client_pools[client.poll.nat], client.offer)
-        if info is None:
-            asker.delivered = True
-            done(None, self._client_denied(client)[1])
-            return None
-        self._execute(effects)
+        asker = _Then(answered, respond, "/client")
+
+        def matched(info: Any, effects: list[Any]) -> None:
+            if effects:
+                self._execute(effects)  # (the offer goes to the proxy even if this client left)
+            if info is None and not asker.delivered:
+                asker.delivered = True
+                done(None, self._client_denied(client)[1])
+
+        self.now.ask_now(self.clock(), asker, self.client_pools[client.poll.nat], client.offer, matched)
 
         def forget() -> None:  # the client hung up: free the match
             if not asker.delivered:
@@ -572,9 +504,28 @@ class SnowflakeRuntime:
 
         return forget
 
+    async def _rendezvous(self, body: bytes, method: str) -> tuple[str | None, str | None]:
+        """:meth:`_rendezvous_now` awaited (SQS and the AMP cache: the client's address is in its offer)."""
+        future: asyncio.Future[tuple[str | None, str | None]] = asyncio.get_running_loop().create_future()
+
+        def done(answer: str | None, error: str | None) -> None:
+            if not future.done():
+                future.set_result((answer, error))
+
+        def failed(response: HttpResponse) -> None:
+            if not future.done():
+                future.set_exception(RuntimeError("answering the client failed"))
+
+        forget = self._rendezvous_now(body, method, None, done, failed)
+        try:
+            return await future
+        finally:
+            if forget is not None and (not future.done() or future.cancelled()):
+                forget()
+
     async def sqs_offer(self, body: bytes) -> bytes:
         """A client poll that came as an SQS message → the JSON reply for the client's queue."""
-        answer, error, _ = await self._rendezvous(body, "sqs", None)
+        answer, error = await self._rendezvous(body, "sqs")
         return messages.encode_client_reply(answer, error)
 
     def _client_stats(self, method: str, country: str, nat: str, status: str) -> None:
@@ -604,11 +555,6 @@ class SnowflakeRuntime:
         # here and drops the connection; the client's fault is a 400.
         return BAD_REQUEST
 
-    async def client_offer(self, request: HttpRequest) -> HttpResponse:
-        legacy, body = self._client_body(request)
-        answer, error, _ = await self._rendezvous(body, "http", client_ip(request))
-        return self._client_reply(legacy, answer, error)
-
     def client_offer_now(self, request: HttpRequest, respond: Respond) -> Forget | None:
         legacy, body = self._client_body(request)
 
@@ -625,7 +571,7 @@ class SnowflakeRuntime:
         except amp.BadPath:
             answer, error = None, "cannot decode URL path"
         else:
-            answer, error, _ = await self._rendezvous(body, "ampcache", None)
+            answer, error = await self._rendezvous(body, "ampcache")
         page = amp.armor(messages.encode_client_reply(answer, error))
         return HttpResponse(200, page.encode(), (("Content-Type", "text/html"), ("Cache-Control", "max-age=15")))
 

@@ -148,16 +148,26 @@ class PairingStore(Protocol):
         """The store's timers, until cancelled: effects go to the attached ``execute``."""
 
 
+#: What a callback-form call hands over: what the awaited call returns, as ``(value, effects)``
+#: (``value`` None for ``wait``).
+Then = Callable[[Any, list[Effect]], None]
+
+
 @runtime_checkable
 class ImmediatePairingStore(Protocol):
-    """A :class:`PairingStore` that never suspends (``memory``) also offers its calls as plain
-    methods: a profile can then answer without a task (an immediate exchange handler)."""
+    """A :class:`PairingStore` that also offers its calls in callback form, so that a profile can
+    answer without a task (an immediate exchange handler): ``then(value, effects)`` gets what the
+    awaited call would return, at once (``memory``) or when the backend replied (``redis``, from
+    the reply's callback). A caller that leaves before ``then`` says so with ``gone_now`` (it
+    stands for a cancelled ``wait`` or ``ask``); ``then`` still runs, and its effects still count.
+    ``gone_now`` returns what :meth:`PairingStore.gone` would where that is known at once, else
+    [] (the store settles it in the background)."""
 
-    def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]: ...
+    def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any, then: Then) -> None: ...
 
-    def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]: ...
+    def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any, then: Then) -> None: ...
 
-    def answer_now(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]: ...
+    def answer_now(self, now: float, sid: str, answer: Any, then: Then) -> None: ...
 
     def gone_now(self, now: float, party: Hashable) -> list[Effect]: ...
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from rendezvous.backends.base import BackendSettings, Clock, Codec, Execute, FrameCodec, TaskCodec, discard
+from rendezvous.backends.base import BackendSettings, Clock, Codec, Execute, FrameCodec, TaskCodec, Then, discard
 from rendezvous.core.dispatch import Dispatch, Policy
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Deliver, Effect, Expired
@@ -65,36 +65,46 @@ class MemoryPairingStore(_Timed):
                 self._asker_info.pop(effect.party, None)
         return effects
 
-    # Plain calls (an ImmediatePairingStore), and the same as a PairingStore's async ones.
-    def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
+    # The matcher's plain calls, in callback form (an ImmediatePairingStore: ``then`` runs at
+    # once) and as a PairingStore's async ones.
+    def _wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any) -> list[Effect]:
         effects = self._pairing.wait(now, sid, party, pool, order, info)
         self._driver.poke(now + self.hold_timeout)
         return effects
 
-    def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
+    def _ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
         info, effects = self._pairing.ask(now, party, pools, offer)
         if type(effects[0]) is Deliver:
             self._asker_info[party] = info
             self._driver.poke(now + self.answer_timeout)
         return info, effects
 
-    def answer_now(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
+    def _answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
         effects = self._pairing.answer(now, sid, answer)
         first = effects[0]
         return (self._asker_info.pop(first.to, None) if type(first) is Deliver else None), effects
+
+    def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any, then: Then) -> None:
+        then(None, self._wait(now, sid, party, pool, order, info))
+
+    def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any, then: Then) -> None:
+        then(*self._ask(now, party, pools, offer))
+
+    def answer_now(self, now: float, sid: str, answer: Any, then: Then) -> None:
+        then(*self._answer(now, sid, answer))
 
     def gone_now(self, now: float, party: Hashable) -> list[Effect]:
         self._asker_info.pop(party, None)
         return self._pairing.gone(now, party)
 
     async def wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
-        return self.wait_now(now, sid, party, pool, order, info)
+        return self._wait(now, sid, party, pool, order, info)
 
     async def ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
-        return self.ask_now(now, party, pools, offer)
+        return self._ask(now, party, pools, offer)
 
     async def answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
-        return self.answer_now(now, sid, answer)
+        return self._answer(now, sid, answer)
 
     async def gone(self, now: float, party: Hashable) -> list[Effect]:
         return self.gone_now(now, party)

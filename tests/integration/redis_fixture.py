@@ -4,6 +4,7 @@ its PID. Locally the tests skip when the binary is missing; under CI (CI=true) t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -104,24 +105,39 @@ class StoreNode:
     """A pairing store as one node sees it: what its calls returned (``seen``) and what it was
     told later (timers, other nodes), in order."""
 
-    def __init__(self, store: Any, seen: list, backend: Any = None) -> None:
+    def __init__(self, store: Any, seen: list, backend: Any = None, *, callbacks: bool = False) -> None:
         self.store = store
         self.seen = seen
         self.backend = backend
         self.scope: anyio.CancelScope | None = None  # cancel it: the node stops (a clean leave)
+        self.callbacks = callbacks  # call the store's callback form (wait_now, ...) and await its ``then``
+
+    async def _then(self, call: Any, *args: Any) -> tuple[Any, list]:
+        future = asyncio.get_running_loop().create_future()
+        call(*args, lambda value, effects: future.set_result((value, effects)))
+        return await future
 
     async def wait(self, now, sid, party, pool="pool", order=0, info=None):
-        effects = await self.store.wait(now, sid, party, pool, order, info)
+        if self.callbacks:
+            effects = (await self._then(self.store.wait_now, now, sid, party, pool, order, info))[1]
+        else:
+            effects = await self.store.wait(now, sid, party, pool, order, info)
         self.seen += effects
         return effects
 
     async def ask(self, now, party, pools=("pool",), offer="o"):
-        info, effects = await self.store.ask(now, party, pools, offer)
+        if self.callbacks:
+            info, effects = await self._then(self.store.ask_now, now, party, pools, offer)
+        else:
+            info, effects = await self.store.ask(now, party, pools, offer)
         self.seen += effects
         return info, effects
 
     async def answer(self, now, sid, answer):
-        info, effects = await self.store.answer(now, sid, answer)
+        if self.callbacks:
+            info, effects = await self._then(self.store.answer_now, now, sid, answer)
+        else:
+            info, effects = await self.store.answer(now, sid, answer)
         self.seen += effects
         return info, effects
 
@@ -146,8 +162,9 @@ def recorder(seen: list) -> Any:
 
 @contextlib.asynccontextmanager
 async def redis_nodes(url: str, prefix: str, n: int, *, hold_timeout: float = 10.0, answer_timeout: float = 10.0,
-                      clock: Any = None, node_ttl: float = 3.0) -> AsyncIterator[list[StoreNode]]:
-    """``n`` redis backends (nodes) with a pairing store each, sharing ``prefix`` on one server."""
+                      clock: Any = None, node_ttl: float = 3.0, callbacks: bool = False) -> AsyncIterator[list[StoreNode]]:
+    """``n`` redis backends (nodes) with a pairing store each, sharing ``prefix`` on one server
+    (``callbacks``: the nodes call the stores' callback form)."""
     settings = BackendSettings(url=url, prefix=prefix, node_ttl=node_ttl)
     clock = clock or (lambda: 0.0)
     async with anyio.create_task_group() as tg:
@@ -162,7 +179,7 @@ async def redis_nodes(url: str, prefix: str, n: int, *, hold_timeout: float = 10
 
             await tg.start(run)
             store = backend.pairing("sf", hold_timeout=hold_timeout, answer_timeout=answer_timeout, clock=clock)
-            node = StoreNode(store, [], backend)
+            node = StoreNode(store, [], backend, callbacks=callbacks)
             node.scope = scope
             store.attach(recorder(node.seen))
             nodes.append(node)

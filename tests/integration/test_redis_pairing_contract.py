@@ -22,11 +22,22 @@ from .redis_fixture import StoreNode, recorder, redis_nodes
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "memory-callbacks", "redis-callbacks"])
 def cluster(request):
-    """``async with cluster(n, ...) as nodes``: n nodes of one backend sharing one state."""
-    kind = request.param
+    """``async with cluster(n, ...) as nodes``: n nodes of one backend sharing one state; the
+    ``-callbacks`` variants make the same calls through the stores' callback form (``wait_now``,
+    ``ask_now``, ``answer_now``: what Snowflake's handlers call)."""
+    kind, _, form = request.param.partition("-")
+    return _cluster(request, kind, callbacks=form == "callbacks")
 
+
+@pytest.fixture(params=["memory", "redis"])
+def callback_cluster(request):
+    """:func:`cluster` for tests of the callback form itself."""
+    return _cluster(request, request.param, callbacks=True)
+
+
+def _cluster(request, kind: str, *, callbacks: bool):
     @contextlib.asynccontextmanager
     async def make(n: int = 1, *, hold_timeout: float = 10.0, answer_timeout: float = 10.0,
                    clock: Callable[[], float] | None = None) -> AsyncIterator[list[StoreNode]]:
@@ -35,11 +46,11 @@ def cluster(request):
             store = create_backend("memory").pairing("sf", hold_timeout=hold_timeout, answer_timeout=answer_timeout, clock=clock)
             seen: list = []
             store.attach(recorder(seen))
-            yield [StoreNode(store, seen)] * n
+            yield [StoreNode(store, seen, callbacks=callbacks)] * n
             return
         url = request.getfixturevalue("redis_server").url
         async with redis_nodes(url, request.getfixturevalue("redis_prefix"), n, hold_timeout=hold_timeout,
-                               answer_timeout=answer_timeout, clock=clock) as nodes:
+                               answer_timeout=answer_timeout, clock=clock, callbacks=callbacks) as nodes:
             yield nodes
 
     return make
@@ -191,6 +202,38 @@ async def test_the_stores_own_timers_end_holds_and_answers(cluster):
         assert a.got("proxy1") == [Deliver("proxy1", "o")]
         assert a.got("proxy2") == [Expired("proxy2", "hold")]
         assert b.got("client") == [Expired("client", "answer")]
+
+
+# -- the callback form: a caller that leaves before ``then`` ------------------------------------------
+def _then(into: list) -> Callable:
+    return lambda value, effects: into.append((value, effects))
+
+
+async def test_a_poll_that_hangs_up_leaves_its_pool_without_waiting_for_the_store(callback_cluster):
+    async with callback_cluster() as (p,):
+        replies: list = []
+        p.store.wait_now(0.0, "s", "proxy", "pool", 0, None, _then(replies))
+        p.store.gone_now(0.5, "proxy")  # (on redis: before the wait's own reply came)
+        assert (await p.ask(1.0, "client"))[1] == [Dropped("no_waiter")]
+        assert p.store.next_deadline() is None
+        assert replies == [(None, [])] and p.got("proxy") == []
+
+
+async def test_a_client_that_hangs_up_before_its_claim_came_back_ends_the_match_it_made(callback_cluster):
+    async with callback_cluster(2) as (a, b):
+        await a.wait(0.0, "s", "proxy", info="proxy info")
+        claimed: list = []
+        b.store.ask_now(0.0, "client", ("pool",), "offer", _then(claimed))
+        b.store.gone_now(0.1, "client")  # (on redis: the claim is on the wire)
+        await wait_until(lambda: claimed)
+        info, effects = claimed[0]
+        assert info == "proxy info"  # the match was made: its offer still goes to the proxy
+        a.seen += effects
+        await wait_until(lambda: a.got("proxy"))
+        assert a.got("proxy") == [Deliver("proxy", "offer")]
+        # the claim's reply sent the asker's end after it: an answer finds no client
+        assert await b.answer(0.5, "s", "answer") == (None, [Dropped("asker_gone")])
+        assert b.got("client") == [] and b.store.next_deadline() is None
 
 
 # -- three nodes ----------------------------------------------------------------------------------

@@ -39,7 +39,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from rendezvous.backends.base import BackendUnavailable
 
 Late = Callable[[Any], None]
-# A pending call: (future or None for fire-and-forget, late callback, script, its args)
+# A pending call: (future, or None for eval_then and send; the late callback (eval_then: its
+# then; send: None); script; its args)
 _Entry = tuple[Any, Any, Any, tuple]
 
 
@@ -210,6 +211,16 @@ class Mux:
         """Run ``script`` with ``args`` (as ARGV; no KEYS)."""
         return self._submit(script, args, late)
 
+    def eval_then(self, script: Script, *args: Any, then: Late) -> None:
+        """Run ``script`` with ``args`` and hand its reply to ``then`` (through ``on_late``, so
+        that a failing callback is logged, not the connection's end): no future, no await, for
+        callers without a task. An error reply, a lost connection or none at all is handed over
+        as the exception (at once when not connected)."""
+        if self._conn is None:
+            self._on_late(then, BackendUnavailable(f"not connected to {self.name}"))
+            return
+        self._enqueue(self._pack_call(script, args), (None, then, script, args))
+
     def send(self, script: Script, *args: Any) -> None:
         """Run ``script`` and ignore its reply (compensating calls whose outcome nobody waits for)."""
         if self._conn is not None:
@@ -299,6 +310,8 @@ class Mux:
             self._enqueue(self._pack("EVAL", script.source, 0, *args), (future, late, script, args))
             return
         if future is None:
+            if late is not None:  # a callback's (eval_then)
+                self._on_late(late, reply)
             return
         if future.cancelled():  # its caller was cancelled; the reply still counts
             if late is not None:
@@ -311,9 +324,7 @@ class Mux:
     def _fail_pending(self, error: BackendUnavailable) -> None:
         pending, self._pending = self._pending, collections.deque()
         for future, late, _, _ in pending:
-            if future is None:
-                continue
-            if future.cancelled():
+            if future is None or future.cancelled():
                 if late is not None:
                     self._on_late(late, error)
             else:

@@ -39,7 +39,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 from redis.exceptions import RedisError
 
-from rendezvous.backends.base import BackendUnavailable, Clock, Codec, Execute, MsgpackCodec, discard, timer_driver
+from rendezvous.backends.base import (
+    BackendUnavailable,
+    Clock,
+    Codec,
+    Execute,
+    MsgpackCodec,
+    Then,
+    discard,
+    timer_driver,
+)
 from rendezvous.backends.redis import lua
 from rendezvous.core.effects import Deliver, Dropped, Effect, Expired
 
@@ -131,6 +140,39 @@ class RedisPairingStore:
         if held.kind is WAITER:
             return (await self._call(lua.SF_WITHDRAW, (held.token, held.sid), _left_pool))[1]
         return (await self._call(lua.SF_ASKER_END, (held.token, held.sid, self._match_ttl_ms), _ended_match))[1]
+
+    # -- the same in callback form (an ImmediatePairingStore): no task, no future -----------------
+    def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any, then: Then) -> None:
+        held = self._hold(party, WAITER, sid, now + self.hold_timeout)
+        args = (held.token, sid, pool, _score(order), self._codec.dumps(info), self._ttl_ms)
+        self._call_then(lua.SF_WAIT, args, functools.partial(self._waited, held), then)
+
+    def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any, then: Then) -> None:
+        held = self._hold(party, ASKER, None, math.inf)
+        args = (held.token, self._codec.dumps(offer), self._match_ttl_ms, MAX_POPS, *pools)
+        process = functools.partial(self._claimed, held, now, offer)
+
+        def claimed(info: Any, effects: list[Effect]) -> None:
+            if info is _MORE:  # stale entries dropped: claim again
+                self._call_then(lua.SF_CLAIM, args, process, claimed)
+            else:
+                then(info, effects)
+
+        self._call_then(lua.SF_CLAIM, args, process, claimed)
+
+    def answer_now(self, now: float, sid: str, answer: Any, then: Then) -> None:
+        args = (sid, self._codec.dumps(answer), self._match_ttl_ms)
+        self._call_then(lua.SF_ANSWER, args, functools.partial(self._answered, answer), then)
+
+    def gone_now(self, now: float, party: Hashable) -> list[Effect]:
+        """:meth:`gone` without waiting for its script (its reply only says what was dropped)."""
+        held = self._by_party.get(party)
+        if held is not None and self._release(held) and held.sid is not None:
+            if held.kind is WAITER:
+                self._mux.send(lua.SF_WITHDRAW, *self._head(), held.token, held.sid)
+            else:
+                self._mux.send(lua.SF_ASKER_END, *self._head(), held.token, held.sid, self._match_ttl_ms)
+        return []
 
     async def advance(self, now: float) -> list[Effect]:
         heap = self._deadlines
@@ -294,6 +336,17 @@ class RedisPairingStore:
             self._node.log.error("redis script failed", script=script.name, error=str(exc))
             reply = exc
         return process(reply)
+
+    def _call_then(self, script: Any, args: tuple, process: Callable[[Any], tuple[Any, list[Effect]]], then: Then) -> None:
+        """:meth:`_call` in callback form: ``then(*process(reply))`` when the reply comes."""
+
+        def replied(reply: Any) -> None:
+            if isinstance(reply, RedisError):
+                self._node.log.error("redis script failed", script=script.name, error=str(reply))
+            value, effects = process(reply)
+            then(value, effects)
+
+        self._mux.eval_then(script, *self._head(), *args, then=replied)
 
     def _late(self, process: Callable[[Any], tuple[Any, list[Effect]]], reply: Any) -> None:
         effects = process(reply)[1]
