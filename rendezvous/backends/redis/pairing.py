@@ -92,6 +92,7 @@ class RedisPairingStore:
         self._key = f"{node.settings.prefix}:{{{ns}}}"
         self._ttl_ms = int((hold_timeout + answer_timeout) * 1000) + 5000
         self._match_ttl_ms = int(max(hold_timeout, answer_timeout) * 1000) + 2000
+        self._head_cache: tuple[str, ...] = ("",)
         self._tidy_cursors: tuple[Any, Any] = (0, 0)  # SSCAN cursors of the index sets, resumed at each tidy
         self._held: dict[int, _Held] = {}  # by token
         self._by_party: dict[Hashable, _Held] = {}
@@ -150,11 +151,12 @@ class RedisPairingStore:
     def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any, then: Then) -> None:
         held = self._hold(party, ASKER, None, math.inf)
         args = (held.token, self._codec.dumps(offer), self._match_ttl_ms, MAX_POPS, *pools)
-        process = functools.partial(self._claimed, held, now, offer)
+        self._claim(args, functools.partial(self._claimed, held, now, offer), then)
 
+    def _claim(self, args: tuple, process: Callable[[Any], tuple[Any, list[Effect]]], then: Then) -> None:
         def claimed(info: Any, effects: list[Effect]) -> None:
             if info is _MORE:  # stale entries dropped: claim again
-                self._call_then(lua.SF_CLAIM, args, process, claimed)
+                self._claim(args, process, then)
             else:
                 then(info, effects)
 
@@ -316,8 +318,12 @@ class RedisPairingStore:
 
     # -- calls --------------------------------------------------------------------------------
     def _head(self) -> tuple[str, ...]:
+        """The arguments every script starts with (this node's life: new after a fence)."""
         node = self._node
-        return self._key, node.node_key_prefix, node.inbox_prefix, self.ns, node.node_id, node.epoch
+        head = self._head_cache
+        if head[-1] is not node.epoch:
+            head = self._head_cache = (self._key, node.node_key_prefix, node.inbox_prefix, self.ns, node.node_id, node.epoch)
+        return head
 
     async def _call(self, script: Any, args: tuple, process: Callable[[Any], tuple[Any, list[Effect]]]) -> Any:
         """Run ``script`` and turn its reply into ``(value, effects)`` with ``process``. Should the
@@ -398,7 +404,7 @@ class RedisPairingStore:
         if len(heap) > 2 * len(self._held) + 64:  # entries of resolved parties outnumber the live ones
             heap[:] = [entry for entry in heap if self._live(entry[2])]
             heapq.heapify(heap)
-        self._driver.poke()
+        self._driver.poke(deadline)
 
     def _live(self, held: _Held) -> bool:
         return not held.firing and self._held.get(held.token) is held
