@@ -14,7 +14,7 @@ import asyncio
 import base64
 import collections
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -195,7 +195,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, server: ServerState) -> None:
         self.server = server
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: Any = httptools.HttpRequestParser(self)  # (None once released)
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         # requests parsed, waiting for their answers (in order)
@@ -209,7 +209,7 @@ class Connection(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.client = (peer[0], peer[1])
         self.server.connections.add(self)
-        self._arm(self.server.options.keep_alive, self._idle_timeout)
+        self._arm(self.server.options.keep_alive, Connection._idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -222,6 +222,26 @@ class Connection(asyncio.Protocol):
         elif self.task is not None and not self.task.done():
             self.task.cancel()  # a client gone mid long-poll cancels the handler
         self._wake_drain_waiters()
+        if self.task is None or self.task.done():
+            self._release()
+        # else the handler's task releases it when it ends (_handler_done)
+
+    def _release(self) -> None:
+        """Gone, and no handler runs: let go of what refers back to this connection (the parser's
+        callbacks, the transport, the channel, the finished task and its traceback), so that
+        reference counting frees it now: one connection per join or poll otherwise waits,
+        with all it holds, for the cycle collector."""
+        self.parser = None
+        self.transport = None
+        self.task = None
+        self.websocket = self.candidate = None
+        self.reader = None
+        self.on_deadline = None
+        self.requests.clear()
+
+    def _handler_done(self, task: asyncio.Task[Any]) -> None:
+        if self.lost and (self.task is None or self.task is task):
+            self._release()
 
     def pause_writing(self) -> None:
         """Our output to this peer is above the high-water mark: read nothing more from it
@@ -272,9 +292,9 @@ class Connection(asyncio.Protocol):
                     self._respond_and_close(414 if not self.headers and self.url else 431, b"")
                     return
             else:  # a head began and did not end here: it has HEAD_TIMEOUT to
-                self._arm(HEAD_TIMEOUT, self._head_timeout)
+                self._arm(HEAD_TIMEOUT, Connection._head_timeout)
         elif self.reading_body:  # a body is arriving: each read may be at most HEAD_TIMEOUT apart
-            self._arm(HEAD_TIMEOUT, self._head_timeout)
+            self._arm(HEAD_TIMEOUT, Connection._head_timeout)
 
     def eof_received(self) -> bool | None:
         """The client closed its side. As Go's server: what is answered at once still gets its
@@ -358,8 +378,9 @@ class Connection(asyncio.Protocol):
             self._serve_next()
 
     # -- timers and flow control ------------------------------------------------------------
-    def _arm(self, delay: float, callback: Any) -> None:
-        """Call ``callback`` in ``delay`` seconds (at most the server's sweep interval later)
+    def _arm(self, delay: float, callback: Callable[[Connection], None]) -> None:
+        """Call ``callback(self)`` (a function, not a bound method: no cycle through the
+        connection) in ``delay`` seconds (at most the server's sweep interval later)
         unless re-armed or disarmed first."""
         server = self.server
         self.deadline = server.loop.time() + delay
@@ -373,7 +394,7 @@ class Connection(asyncio.Protocol):
         """Called by the server's sweep once ``deadline`` has passed."""
         self.deadline = None
         if not self.lost:
-            self.on_deadline()
+            self.on_deadline(self)
 
     def _idle_timeout(self) -> None:
         if self.websocket is None and self.task is None and self.transport is not None:
@@ -472,6 +493,7 @@ class Connection(asyncio.Protocol):
                 route = req.route
                 if route is None or route.immediate is None:
                     self.task = self.server.spawn(self._handle_http())
+                    self.task.add_done_callback(self._handler_done)
                     return
                 self.requests.popleft()
                 pending = self.task = _Immediate(self, req)
@@ -505,7 +527,7 @@ class Connection(asyncio.Protocol):
         if self.eof and not self.lost:
             self.close_transport()
         elif not self.lost and not self.reading_head:
-            self._arm(self.server.options.keep_alive, self._idle_timeout)
+            self._arm(self.server.options.keep_alive, Connection._idle_timeout)
 
     async def _handle_http(self) -> None:
         """Answer queued requests in order in this task, then go back to reading."""
@@ -568,6 +590,7 @@ class Connection(asyncio.Protocol):
         self.candidate = channel
         self.pause(_UPGRADE)
         self.task = self.server.spawn(self._run_channel(route, channel), channel=True)
+        self.task.add_done_callback(self._handler_done)
 
     def accept_websocket(self, subprotocol: str | None) -> None:
         key = self.pending_key or b""
