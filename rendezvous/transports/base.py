@@ -50,13 +50,13 @@ class Inbox:
 
     __slots__ = ("_loop", "_waiter", "closed", "code", "messages", "reason")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.messages: collections.deque[str | bytes] = collections.deque()
         self.closed = False
         self.code = 1005
         self.reason = ""
         self._waiter: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = loop  # (the running loop: the transport passes it, else asked at the first wait)
 
     def put(self, message: str | bytes) -> None:
         self.messages.append(message)

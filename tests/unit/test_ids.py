@@ -32,6 +32,6 @@ def test_seed_zero_is_rejected():
 
 def test_random_ids_are_32_lowercase_hex_and_distinct():
     ids = random_ids()
-    made = {ids() for _ in range(1000)}
+    made = {ids() for _ in range(1000)}  # (several refills of the 4 KiB buffer)
     assert len(made) == 1000
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in made)

@@ -49,6 +49,7 @@ from rendezvous.backends.base import BackendUnavailable, Clock, Execute, FrameCo
 from rendezvous.backends.redis.lua_routing import OV_LEAVE, OV_ROOT_CLOSE, OV_ROOT_OPEN, OV_SEND, OV_SYNC
 from rendezvous.core.driver import Driver
 from rendezvous.core.effects import Close, Deliver, Dropped, Effect
+from rendezvous.core.ids import token_hex
 from rendezvous.core.routing import CLOSE_POLICY, CLOSE_TRY_AGAIN_LATER, RootPolicy, Router
 
 if TYPE_CHECKING:
@@ -266,7 +267,7 @@ class RedisRoutingStore:
 
     # -- the slot ---------------------------------------------------------------------------------
     def _new_id(self) -> str:
-        return self._slot + secrets.token_hex(14)
+        return self._slot + token_hex(14)
 
     def _slot_live(self) -> bool:
         return self._slot_epoch == self._node.epoch_b

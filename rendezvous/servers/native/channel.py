@@ -22,7 +22,7 @@ class NativeChannel:
     def __init__(self, conn: Connection, info: ConnectionInfo, max_message_size: int) -> None:
         self.info = info
         self._conn = conn
-        self._inbox = Inbox()
+        self._inbox = Inbox(conn.server.loop)
         self._accepted = False
         self.max_message_size = max_message_size
 
