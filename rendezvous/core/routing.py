@@ -74,8 +74,9 @@ class Router(Generic[P]):
         self._endpoints: dict[str, _Endpoint[P]] = {}
         self._ids_by_party: dict[P, str] = {}
         # Lifetimes are all equal, so opening order is expiry order: a FIFO with lazy
-        # deletion replaces a heap (O(1) per endpoint).
-        self._expiries: deque[tuple[float, str, P]] = deque()
+        # deletion replaces a heap (O(1) per endpoint). Entries name the endpoint by id, not
+        # by party: a closed endpoint's connection must not stay alive until its lifetime ends.
+        self._expiries: deque[tuple[float, str]] = deque()
         self._roots: dict[P, _Root[P]] = {}  # insertion order = connection order
         self._current_root: P | None = None
 
@@ -121,7 +122,7 @@ class Router(Generic[P]):
         expires = now + self.endpoint_lifetime
         self._endpoints[endpoint_id] = _Endpoint(party, expires)
         self._ids_by_party[party] = endpoint_id
-        self._expiries.append((expires, endpoint_id, party))
+        self._expiries.append((expires, endpoint_id))
         return endpoint_id, []
 
     def open_root(self, now: float, party: P) -> list[Effect[P]]:
@@ -205,13 +206,13 @@ class Router(Generic[P]):
         effects: list[Effect[P]] = []
         expiries = self._expiries
         while expiries and expiries[0][0] <= now:
-            _, endpoint_id, party = expiries.popleft()
+            expires, endpoint_id = expiries.popleft()
             endpoint = self._endpoints.get(endpoint_id)
-            if endpoint is not None and endpoint.party is party:
+            if endpoint is not None and endpoint.expires == expires:  # (not a later one under the same id)
                 # The party stays known until its transport reports it closed, so that a
                 # message racing the close is still attributed correctly.
                 effects.append(Dropped("timeout"))
-                effects.append(Close(party, CLOSE_NORMAL, "prospect lifetime over"))
+                effects.append(Close(endpoint.party, CLOSE_NORMAL, "prospect lifetime over"))
         for root in self._roots.values():
             if root.next_keepalive <= now:
                 effects.append(Keepalive(root.party))

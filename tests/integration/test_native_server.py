@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import re
 import struct
@@ -283,3 +284,30 @@ async def test_a_frame_of_the_wrong_kind_is_refused_on_its_header():
         await anyio.sleep(0.1)  # the profile has chosen the subprotocol
         await stream.send(bytes([0x81, 0xFF]) + struct.pack("!Q", 64 * 1024 * 1024) + b"mask")
         assert await read_close_code(stream, response.split(b"\r\n\r\n", 1)[1]) == 1003
+
+
+def _connections() -> int:
+    from rendezvous.servers.native.connection import Connection
+
+    return sum(1 for o in gc.get_objects() if type(o) is Connection)
+
+
+async def test_closed_connections_are_freed_without_the_cycle_collector(srv):
+    """A closed connection is freed by reference counting: nothing it held points back at it (a
+    cycle would wait, with everything it holds, for the collector, which runs rarely here)."""
+    gc.collect()
+    gc.disable()
+    try:
+        before = _connections()
+        for _ in range(5):
+            async with ws_connect(srv.url.replace("http", "ws") + "/join") as ws:  # an overlay join's socket
+                await ws.send('{"signal": {"type": "offer"}}')
+            stream, _ = await raw_ws(srv)  # a peer that vanishes without a close frame
+            await stream.aclose()
+            async with httpx.AsyncClient() as client:  # HTTP with keep-alive, then closed
+                assert (await client.get(srv.url + "/healthz")).status_code == 200
+        with anyio.fail_after(5):
+            while _connections() > before:
+                await anyio.sleep(0.05)
+    finally:
+        gc.enable()
