@@ -280,7 +280,9 @@ async def test_kill_9_of_the_node_holding_the_root(redis_server, redis_prefix, t
                     await joiner.send('{"lost":1}')
                     with anyio.move_on_after(0.5):
                         while True:
-                            assert await older.recv() == '"heartbeat"'  # never the message
+                            # Never the message. (A probe sent while B's root was becoming current
+                            # may have reached A's root before the change did: that one may come.)
+                            assert "lost" not in await older.recv()
                     async with ws_connect(root_url(c)) as fresh:
                         await reaches(joiner, fresh)
             # B's slot and root are gone from Redis
