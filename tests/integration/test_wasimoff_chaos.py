@@ -233,8 +233,12 @@ async def test_a_node_stalled_past_its_ttl_is_fenced_and_nothing_ends_twice(redi
         for ref in on_b:  # B's clients: their result, or "broker node lost" — once
             assert len(answers[ref]) == 1 and answers[ref][0] in (ref.encode(), b"broker node lost"), (ref, answers[ref])
         twice = {t for t in (ids[ref] for ref in on_a) if len(runs[t]) > 1}
-        assert all(runs[t][0] == "pb" for t in twice), {t: runs[t] for t in twice}
-        assert "this node was declared dead" in b.logged()
+        # Twice only after a first run on a node declared dead: B, and whichever other node a busy
+        # machine starved of its heartbeats past the TTL (its log says so; a first run on A or C was
+        # seen once in a fresh-clone CI run while I ran other checks beside it).
+        dead = {name for node, name in ((a, "pa"), (b, "pb"), (c, "pc")) if "this node was declared dead" in node.logged()}
+        assert "pb" in dead
+        assert all(runs[t][0] in dead for t in twice), ({t: runs[t] for t in twice}, dead)
         await wait_until(lambda: task_keys(redis_server, redis_prefix) == [], timeout=2 * TTL + 3)
         for node in (a, b, c):
             node.stop()
