@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Hashable, Iterable
-from typing import Generic, cast
+from typing import Any, Generic, cast
 
 import attrs
 
@@ -69,6 +69,13 @@ class _Waiter(Generic[P]):
         return cast(P, self.asker)
 
 
+def _let_go(waiter: _Waiter[Any]) -> None:
+    """A waiter that is done keeps nothing of its parties: its stale heap entries (there until
+    they are popped or compacted) must not keep a request's objects alive, cold by the time
+    they are freed. (A matched waiter lets go of its own party at once: it has its offer.)"""
+    waiter.party = waiter.asker = waiter.info = None
+
+
 class Pairing(Generic[P]):
     def __init__(self, *, hold_timeout: float = 10.0, answer_timeout: float = 10.0) -> None:
         if hold_timeout <= 0 or answer_timeout <= 0:
@@ -103,6 +110,7 @@ class Pairing(Generic[P]):
             if self._by_party.get(old.party) is old:
                 del self._by_party[old.party]
             effects.append(Expired(old.party, "replaced"))
+            _let_go(old)
         waiter = _Waiter(sid, party, pool, order, now + self.hold_timeout, info)
         self._by_sid[sid] = waiter
         self._by_party[party] = waiter
@@ -120,8 +128,10 @@ class Pairing(Generic[P]):
         waiter = self._by_sid.get(sid)
         if waiter is None or waiter.state != MATCHED:
             return [Dropped("asker_gone")]
+        asker = waiter.matched_asker
         self._finish(waiter)
-        return [Deliver(waiter.matched_asker, answer)]
+        _let_go(waiter)
+        return [Deliver(asker, answer)]
 
     # -- askers ----------------------------------------------------------------------------
     def ask(self, now: float, party: P, pools: Iterable[Hashable], offer: object) -> tuple[object, list[Effect[P]]]:
@@ -143,7 +153,9 @@ class Pairing(Generic[P]):
                     del self._by_party[waiter.party]
                 self._by_party[party] = waiter
                 self._push_deadline(now + self.answer_timeout, "answer", waiter)
-                return waiter.info, [Deliver(waiter.party, offer)]
+                effects: list[Effect[P]] = [Deliver(waiter.party, offer)]
+                waiter.party = None  # (done waiting: see _let_go)
+                return waiter.info, effects
         return None, [Dropped("no_waiter")]
 
     # -- leaving -----------------------------------------------------------------------------
@@ -158,9 +170,11 @@ class Pairing(Generic[P]):
             self._retire(waiter)
             if self._by_sid.get(waiter.sid) is waiter:
                 del self._by_sid[waiter.sid]
+            _let_go(waiter)
             return [Dropped("waiter_gone")]
         if waiter.state == MATCHED and waiter.asker is party:
             self._finish(waiter)
+            _let_go(waiter)
             return [Dropped("asker_gone")]
         return []
 
@@ -188,9 +202,13 @@ class Pairing(Generic[P]):
                 del self._by_sid[waiter.sid]
             if self._by_party.get(waiter.party) is waiter:
                 del self._by_party[waiter.party]
-            return [Expired(waiter.party, "hold")]
-        self._finish(waiter)
-        return [Expired(waiter.matched_asker, "answer")]
+            expired: list[Effect[P]] = [Expired(waiter.party, "hold")]
+        else:
+            asker = waiter.matched_asker
+            self._finish(waiter)
+            expired = [Expired(asker, "answer")]
+        _let_go(waiter)
+        return expired
 
     def _retire(self, waiter: _Waiter[P]) -> None:
         """A waiting or matched waiter is done: its heap entries go stale. Bound them."""
