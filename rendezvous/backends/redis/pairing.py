@@ -96,7 +96,9 @@ class RedisPairingStore:
         self._tidy_cursors: tuple[Any, Any] = (0, 0)  # SSCAN cursors of the index sets, resumed at each tidy
         self._held: dict[int, _Held] = {}  # by token
         self._by_party: dict[Hashable, _Held] = {}
-        self._deadlines: list[tuple[float, int, _Held]] = []
+        # (deadline, seq, token): by token, not by party, so that a resolved party's entry (there
+        # until it is popped or compacted) keeps none of its request's objects alive
+        self._deadlines: list[tuple[float, int, int]] = []
         self._seq = itertools.count()
         self.execute: Execute = discard
         self._driver = timer_driver(self, lambda: self.execute, clock)
@@ -180,14 +182,14 @@ class RedisPairingStore:
         heap = self._deadlines
         due = []
         while heap and heap[0][0] <= now:
-            held = heapq.heappop(heap)[2]
-            if self._live(held):
+            held = self._due(heapq.heappop(heap))
+            if held is not None:
                 due.append(held)
         return await self._end(due) if due else []
 
     def next_deadline(self) -> float | None:
         heap = self._deadlines
-        while heap and not self._live(heap[0][2]):
+        while heap and self._due(heap[0]) is None:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -400,14 +402,18 @@ class RedisPairingStore:
     def _set_deadline(self, held: _Held, deadline: float) -> None:
         held.deadline = deadline
         heap = self._deadlines
-        heapq.heappush(heap, (deadline, next(self._seq), held))
+        heapq.heappush(heap, (deadline, next(self._seq), held.token))
         if len(heap) > 2 * len(self._held) + 64:  # entries of resolved parties outnumber the live ones
-            heap[:] = [entry for entry in heap if self._live(entry[2])]
+            heap[:] = [entry for entry in heap if self._due(entry) is not None]
             heapq.heapify(heap)
         self._driver.poke(deadline)
 
-    def _live(self, held: _Held) -> bool:
-        return not held.firing and self._held.get(held.token) is held
+    def _due(self, entry: tuple[float, int, int]) -> _Held | None:
+        """The party a deadline entry stands for, if it still waits with that deadline."""
+        held = self._held.get(entry[2])
+        if held is None or held.firing or held.deadline != entry[0]:
+            return None
+        return held
 
     def _release(self, held: _Held) -> bool:
         """Forget a party; False if it was already forgotten (resolved by someone else)."""
