@@ -151,8 +151,12 @@ class Provider:
                 return
             args = list(params.args) or [ref]
             try:
+                # A provider that is stopped (cancelled) leaves at once, as a killed one would: its
+                # running task is the broker's to retry, so the thread is not waited for (nor is
+                # its result sent, which would race the connection's close).
                 status, stdout, stderr, artifacts = await anyio.to_thread.run_sync(
-                    slot.run, ref, wasm, args, list(params.envs), params.stdin, rootfs, list(params.artifacts))
+                    slot.run, ref, wasm, args, list(params.envs), params.stdin, rootfs, list(params.artifacts),
+                    abandon_on_cancel=True)
             except Cancelled:
                 response.error = "cancelled"
             except Exception as exc:  # a trap or a bad binary is the task's own error
