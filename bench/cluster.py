@@ -63,6 +63,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -352,6 +353,23 @@ class Generator:
             await asyncio.wait(tasks, timeout=15)
 
 
+async def measured(setup: Setup, seconds: float, count: Callable[[], int]) -> tuple[int, float, float, float, float]:
+    """Over the next ``seconds``: how much ``count()`` grew, the time that took, and the CPU seconds the
+    brokers, redis-server and this generator spent meanwhile."""
+    done0, cpu0, redis0, gen0, t0 = count(), setup.broker_cpu(), setup.redis_cpu(), time.process_time(), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (count() - done0, time.monotonic() - t0, setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0,
+            time.process_time() - gen0)
+
+
+async def wind_down(load: asyncio.Future, timeout: float = 15) -> None:
+    """Let the load's loops end (their running flag is off), or cancel them after ``timeout`` s."""
+    try:
+        await asyncio.wait_for(load, timeout)
+    except TimeoutError:
+        load.cancel()
+
+
 async def measure(setup: Setup, *, proxies: int, seconds: float, warmup: float = 2.0, rate: float | None = None,
                   clients: int = 0, placement: str = "random") -> dict:
     gen = Generator(setup, placement)
@@ -359,17 +377,10 @@ async def measure(setup: Setup, *, proxies: int, seconds: float, warmup: float =
                                                 gen.paced(rate) if rate else gen.closed_loop(clients)))
     await asyncio.sleep(warmup)
     gen.latencies.clear()
-    done0, cpu0, redis0, gen0, t0 = gen.rendezvous, setup.broker_cpu(), setup.redis_cpu(), time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)
-    done, elapsed = gen.rendezvous - done0, time.monotonic() - t0
-    broker, redis = setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0
-    generator = time.process_time() - gen0
+    done, elapsed, broker, redis, generator = await measured(setup, seconds, lambda: gen.rendezvous)
     latencies = sorted(gen.latencies)
     gen.running = False
-    try:
-        await asyncio.wait_for(load, 15)
-    except TimeoutError:
-        load.cancel()
+    await wind_down(load)
     n = len(latencies)
     return {"rendezvous": done, "seconds": round(elapsed, 1), "rendezvous_per_s": round(done / elapsed, 1),
             "broker_cpu_us_per_rendezvous": round(broker * 1e6 / max(1, done), 1),
@@ -599,16 +610,9 @@ async def measure_joins(setup: Setup, *, seconds: float, concurrency: int, warmu
     await asyncio.sleep(warmup)
     latencies.clear()
     measured_from = time.perf_counter()
-    done0, cpu0, redis0, gen0, t0 = joined, setup.broker_cpu(), setup.redis_cpu(), time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)
-    done, elapsed = joined - done0, time.monotonic() - t0
-    broker, redis = setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0
-    generator = time.process_time() - gen0
+    done, elapsed, broker, redis, generator = await measured(setup, seconds, lambda: joined)
     running = False
-    try:
-        await asyncio.wait_for(load, 15)
-    except TimeoutError:
-        load.cancel()
+    await wind_down(load)
     root.close()
     # Joins that started in the warm-up are told apart: the first ones may race the root's registration.
     in_warmup = sum(1 for started in failed if started < measured_from)
@@ -647,16 +651,9 @@ async def measure_tasks(setup: Setup, *, seconds: float, providers: int, slots: 
     load = asyncio.ensure_future(asyncio.gather(*(client_loop(c) for c in conns)))
     await asyncio.sleep(2.0)
     latencies.clear()
-    done0, cpu0, redis0, gen0, t0 = done, setup.broker_cpu(), setup.redis_cpu(), time.process_time(), time.monotonic()
-    await asyncio.sleep(seconds)
-    n_done, elapsed = done - done0, time.monotonic() - t0
-    broker, redis = setup.broker_cpu() - cpu0, setup.redis_cpu() - redis0
-    generator = time.process_time() - gen0
+    n_done, elapsed, broker, redis, generator = await measured(setup, seconds, lambda: done)
     running = False
-    try:
-        await asyncio.wait_for(load, 15)
-    except TimeoutError:
-        load.cancel()
+    await wind_down(load)
     for c in conns:
         c.close()
     for fake in fakes:
