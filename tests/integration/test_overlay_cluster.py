@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,7 +24,7 @@ from rendezvous.testing import assert_silent, closed_code, recv_frame, recv_json
 from .conftest import SECRET
 from .redis_fixture import RedisServer
 from .test_snowflake_chaos import Node as _ChaosNode
-from .test_snowflake_chaos import _free_port, all_ready
+from .test_snowflake_chaos import _free_port, all_ready, stopped_after
 
 pytestmark = pytest.mark.anyio
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -219,27 +219,14 @@ class Node(_ChaosNode):
     """One ``rendezvous serve --profile overlay --backend redis`` process."""
 
     def __init__(self, index: int, redis_url: str, prefix: str, log_dir: Any, policy: str) -> None:
-        self.id = f"n{index}"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{self.id}.log"
-        self.alive = True
-        cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "overlay", "--host", "127.0.0.1",
-               "--port", str(self.port), "--secret", SECRET, "--root-policy", policy, "--backend", "redis",
-               "--backend-url", redis_url, "--backend-prefix", prefix, "--node-id", self.id, "--node-ttl", str(TTL),
-               "--log-format", "json", "--log-level", "info"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        port = _free_port()
+        self.start(f"n{index}", port, log_dir, redis_url, prefix, TTL, "info", [
+            "--profile", "overlay", "--host", "127.0.0.1", "--port", str(port), "--secret", SECRET,
+            "--root-policy", policy])
 
 
-@contextlib.contextmanager
-def processes(redis_url: str, prefix: str, n: int, log_dir: Any, policy: str) -> Iterator[list[Node]]:
-    nodes = [Node(i, redis_url, prefix, log_dir, policy) for i in range(n)]
-    try:
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
+def processes(redis_url: str, prefix: str, n: int, log_dir: Any, policy: str) -> contextlib.AbstractContextManager[list[Node]]:
+    return stopped_after([Node(i, redis_url, prefix, log_dir, policy) for i in range(n)])
 
 
 async def reaches(sender: Any, root: Any, timeout: float = 5.0) -> float:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -32,6 +33,7 @@ from .test_snowflake import PATTERN
 
 pytestmark = pytest.mark.anyio
 HOLD, ANSWER_TIMEOUT, TTL = 1.0, 1.0, 1.0
+N = TypeVar("N", bound="Node")
 NO_PROXIES, TIMED_OUT = "no snowflake proxies currently available", "timed out waiting for answer!"
 SLACK = 0.5  # scheduling on a shared 2-core machine
 
@@ -43,20 +45,27 @@ def _free_port() -> int:
 
 
 class Node:
-    """One ``rendezvous serve --profile snowflake --backend redis`` process."""
+    """One ``rendezvous serve --profile snowflake --backend redis`` process (other profiles' chaos
+    tests make theirs with :meth:`start`)."""
 
     def __init__(self, index: int, redis_url: str, prefix: str, log_dir) -> None:
-        self.id = f"n{index}"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{self.id}.log"
+        port = _free_port()
+        self.start(f"n{index}", port, log_dir, redis_url, prefix, TTL, "info", [
+            "--profile", "snowflake", "--addr", f"127.0.0.1:{port}", "--disable-tls", "--disable-geoip",
+            "--allowed-relay-pattern", PATTERN, "--proxy-timeout", str(HOLD), "--client-timeout", str(ANSWER_TIMEOUT)])
+
+    def start(self, node_id: str, port: int, log_dir, redis_url: str, prefix: str, ttl: float, log_level: str,
+              serve_args: list[str]) -> None:
+        """Run ``rendezvous serve <serve_args>`` on the redis backend as ``node_id``, its log in ``log_dir``."""
+        self.id, self.port = node_id, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.log = log_dir / f"{node_id}.log"
         self.alive = True
-        cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "snowflake", "--addr", f"127.0.0.1:{self.port}",
-               "--disable-tls", "--disable-geoip", "--allowed-relay-pattern", PATTERN, "--proxy-timeout", str(HOLD),
-               "--client-timeout", str(ANSWER_TIMEOUT), "--backend", "redis", "--backend-url", redis_url,
-               "--backend-prefix", prefix, "--node-id", self.id, "--node-ttl", str(TTL), "--log-format", "json",
-               "--log-level", "info"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        cmd = [sys.executable, "-m", "rendezvous", "serve", *serve_args, "--backend", "redis", "--backend-url", redis_url,
+               "--backend-prefix", prefix, "--node-id", node_id, "--node-ttl", str(ttl), "--log-format", "json",
+               "--log-level", log_level]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))  # noqa: SIM115
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -86,13 +95,17 @@ async def readyz(node: Node) -> int:
 
 
 @contextlib.contextmanager
-def nodes_on(redis_url: str, prefix: str, n: int, log_dir) -> Iterator[list[Node]]:
-    nodes = [Node(i, redis_url, prefix, log_dir) for i in range(n)]
+def stopped_after(nodes: list[N]) -> Iterator[list[N]]:
+    """``nodes`` (started), each stopped when the block ends."""
     try:
         yield nodes
     finally:
         for node in nodes:
             node.stop()
+
+
+def nodes_on(redis_url: str, prefix: str, n: int, log_dir) -> contextlib.AbstractContextManager[list[Node]]:
+    return stopped_after([Node(i, redis_url, prefix, log_dir) for i in range(n)])
 
 
 async def all_ready(nodes: list[Node], timeout: float = 20.0) -> None:

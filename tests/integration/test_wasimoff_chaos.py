@@ -11,9 +11,6 @@ import collections
 import contextlib
 import random
 import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -28,7 +25,7 @@ from rendezvous_wasimoff.codec import SUBPROTOCOL_PROTOBUF, Codec, pack, unpack
 
 from .test_overlay_cluster import keys
 from .test_snowflake_chaos import Node as _ChaosNode
-from .test_snowflake_chaos import _free_port, all_ready
+from .test_snowflake_chaos import _free_port, all_ready, stopped_after
 from .test_wasimoff_cluster import task_keys
 from .wasimoff_peers import ok_response, wasip1
 
@@ -41,27 +38,14 @@ class Node(_ChaosNode):
     """One ``rendezvous serve --profile wasimoff --backend redis`` process."""
 
     def __init__(self, index: int, redis_url: str, prefix: str, log_dir: Any) -> None:
-        self.id = f"w{index}"
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{self.id}.log"
-        self.alive = True
-        cmd = [sys.executable, "-m", "rendezvous", "serve", "--profile", "wasimoff", "--host", "127.0.0.1",
-               "--port", str(self.port), "--quic-listen", "", "--static-files", str(log_dir / "none"),
-               "--backend", "redis", "--backend-url", redis_url, "--backend-prefix", prefix, "--node-id", self.id,
-               "--node-ttl", str(TTL), "--log-format", "json", "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))  # noqa: SIM115
+        port = _free_port()
+        self.start(f"w{index}", port, log_dir, redis_url, prefix, TTL, "warning", [
+            "--profile", "wasimoff", "--host", "127.0.0.1", "--port", str(port), "--quic-listen", "",
+            "--static-files", str(log_dir / "none")])
 
 
-@contextlib.contextmanager
-def processes(redis_url: str, prefix: str, n: int, log_dir: Any) -> Iterator[list[Node]]:
-    nodes = [Node(i, redis_url, prefix, log_dir) for i in range(n)]
-    try:
-        yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
+def processes(redis_url: str, prefix: str, n: int, log_dir: Any) -> contextlib.AbstractContextManager[list[Node]]:
+    return stopped_after([Node(i, redis_url, prefix, log_dir) for i in range(n)])
 
 
 class FastProvider:
