@@ -49,13 +49,14 @@ _scan = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=tupl
 
 
 def _plain_fields(data: bytes, schema: dict[str, type], names: dict[str, str]) -> dict[str, Any] | None:
-    """The common request decoded in C: UTF-8 with no ``\\u`` escapes, exactly one object
-    (nothing around it) whose known keys are spelled as the struct's fields, each once, with
-    a value of the right type. None for anything else, which :func:`decode_object` then
-    decodes as Go does (the same result for every input this accepts: these are the cases
-    where Go's rules and :mod:`json`'s agree)."""
-    if b"\\u" in data:
-        return None  # (surrogate escapes: Go's replacement rules)
+    """The common request decoded in C: UTF-8, exactly one object (nothing around it) whose
+    known keys are spelled as the struct's fields, each once, with a value of the right type
+    and no lone surrogate (a ``\\ud800`` escape: Go's replacement rules). None for anything
+    else, which :func:`decode_object` then decodes as Go does (the same result for every input
+    this accepts: these are the cases where Go's rules and :mod:`json`'s agree). A surrogate
+    can only come from an escape (strict UTF-8 refuses encoded ones), so it is looked for in
+    the decoded strings that are kept, and only in those that are not ASCII (an O(1) test):
+    not in the whole body, whose SDP is full of backslashes."""
     try:
         text = data.decode("utf-8")
         pairs, end = _scan(text, 0)
@@ -73,7 +74,7 @@ def _plain_fields(data: bytes, schema: dict[str, type], names: dict[str, str]) -
                 return None  # another spelling of a field (Go folds case)
             continue
         if want is str or want is type(None):
-            if type(item) is not str:
+            if type(item) is not str or (not item.isascii() and gojson.SURROGATE.search(item)):
                 return None
         elif not _is_int64(item):
             return None

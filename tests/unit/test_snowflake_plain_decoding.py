@@ -17,7 +17,7 @@ SCHEMAS = [
 ]
 VALUES = ['"x"', '""', "0", "-1", "7", "1.5", "1e999", "9223372036854775808", "-9223372036854775808", "1" * 5000,
           "null", "true", "[]", "{}", '["a",1]', '{"Sid":"in"}', "NaN", "Infinity", '"\\ud800"', '"\\u0041"',
-          '"caf\u00e9"', '"\\"Sid\\""', "[" * 50 + "]" * 50, "[" * 5000 + "]" * 5000, '"<&>\u2028"']
+          '"a\\udc00"', '"\\ud83d\\ude00"', '"\\ud83d"', '"x\\ud83d\\u0041"', '"caf\u00e9"', '"\\"Sid\\""', "[" * 50 + "]" * 50, "[" * 5000 + "]" * 5000, '"<&>\u2028"']
 KEYS = ["Sid", "sid", "SID", "Version", "Type", "NAT", "nat", "Clients", "clients", "AcceptedRelayPattern",
         "acceptedrelaypattern", "Answer", "offer", "Offer", "fingerprint", "unknown", "ſid", "S\\u0069d", ""]
 
@@ -82,6 +82,7 @@ def test_the_requests_real_peers_send_take_the_fast_path():
 def test_what_the_fast_path_must_not_take():
     schema, names = messages._POLL_SCHEMA, messages._lowered(messages._POLL_SCHEMA)
     for body in [b'{"Sid":5,"Sid":"a","Version":"1.3"}', b'{"Sid":"a","sid":"b"}', b'{"Sid":"\\ud800"}',
+                 b'{"Sid":"\\u00e9\\udfff"}', b'{"AcceptedRelayPattern":"\\ud800"}',
                  b'{"Sid":"a","x":NaN}', b'{"Clients":1.0}', b'{"Clients":9223372036854775808}', b"[]",
                  b'{"Sid":null}', b'{"Sid":"a"} x', b'\xff{"Sid":"a"}']:
         assert messages._plain_fields(body, schema, names) is None, body
