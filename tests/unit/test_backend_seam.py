@@ -95,3 +95,10 @@ def test_settings_are_checked_at_the_boundary():
 def test_the_default_codec_round_trips_what_profiles_pass(value):
     codec = MsgpackCodec()
     assert codec.loads(codec.dumps(value)) == value
+
+
+def test_the_default_codec_is_whole_again_after_a_value_it_cannot_pack():
+    codec = MsgpackCodec()  # (one packer kept for every call: a failed value must leave nothing behind)
+    with pytest.raises(TypeError):
+        codec.dumps(("sdp", object()))
+    assert codec.loads(codec.dumps(("standalone", "restricted"))) == ("standalone", "restricted")
