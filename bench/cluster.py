@@ -43,7 +43,7 @@ simulated: requests go to random live nodes, and a node that refuses a connectio
 Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 at the same share; broker CPU
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
-Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff,wasimoff_kill] [--rate 800]
+Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff,wasimoff_kill,floor] [--rate 800]
                                [--share 0.25]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
@@ -60,6 +60,7 @@ import random
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,7 +68,7 @@ from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import GENERATOR_CORE, cpu_seconds, free_port, prepare_generator, start_pinned
+from common import GENERATOR_CORE, SERVER_CORE, cpu_seconds, free_port, prepare_generator, start_pinned
 from httpclient import HttpConnection, connect
 from wsclient import connect as ws_connect
 
@@ -452,6 +453,59 @@ def run_latency(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
           "target_p50_ms": 1.0, "target_p99_ms": 3.0})
 
 
+async def floor_client(url: str, rate: float, seconds: float, batch: int) -> dict:
+    """A broker's Redis connection alone (the project's Mux, uvloop): ``batch`` PINGs per loop step,
+    awaited, ``rate`` calls/s; its own CPU seconds."""
+    from rendezvous.backends.redis.mux import Mux, connection_factory
+
+    connected = asyncio.Event()
+    mux = Mux(connection_factory(url), [], on_late=lambda late, reply: None, on_connect=lambda first: connected.set())
+    runner = asyncio.ensure_future(mux.run())
+    await connected.wait()
+
+    async def paced(call: bool) -> tuple[int, float, float]:
+        calls, cpu0, t0 = 0, time.process_time(), time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            if call:
+                await asyncio.gather(*(mux.call("PING") for _ in range(batch)))
+            calls += batch
+            pause = t0 + calls / rate - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+        return calls, time.monotonic() - t0, time.process_time() - cpu0
+
+    calls, elapsed, cpu = await paced(True)
+    _, _, pacing = await paced(False)  # the same loop without the calls: its own wake-ups, to subtract
+    runner.cancel()
+    return {"calls": calls, "seconds": elapsed, "cpu_s": cpu, "pacing_cpu_s": pacing}
+
+
+def run_floor(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    """What one Redis call costs at all, whatever the script: redis-server's CPU and a broker's
+    (a client on the server core, on the project's Mux; less its pacing loop's own wake-ups, measured
+    apart) per PING, alone (one per loop step, as at light load) and 16 per loop step (as under
+    load), at three calls per rendezvous at --rate. A light-load rendezvous needs three such calls
+    (wait, claim, answer)."""
+    redis = Redis(tmp)
+    try:
+        for batch in (1, 16):
+            before = cpu_seconds(redis.proc.pid)
+            out = subprocess.run(["taskset", "-c", str(SERVER_CORE), sys.executable, __file__, "--floor-client",
+                                  redis.url, str(3 * args.rate), str(args.duration), str(batch)],
+                                 check=True, capture_output=True, text=True).stdout
+            client = json.loads(out)
+            redis_s = cpu_seconds(redis.proc.pid) - before
+            calls = client["calls"]
+            emit({"metric": "floor", "batch": batch, "calls": calls,
+                  "calls_per_s": round(calls / client["seconds"], 1),
+                  "redis_cpu_us_per_call": round(redis_s * 1e6 / calls, 1),
+                  "client_cpu_us_per_call": round((client["cpu_s"] - client["pacing_cpu_s"]) * 1e6 / calls, 1),
+                  "client_pacing_cpu_us_per_call": round(client["pacing_cpu_s"] * 1e6 / calls, 1),
+                  "redis_cpu_us_per_three_calls": round(3 * redis_s * 1e6 / calls, 1), "redis_target_us": 40})
+    finally:
+        redis.stop()
+
+
 def run_idle(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
     """Proxies polling with no client (most of a real broker's load): each idle poll is a wait
     and, at its hold's end, a withdraw in Redis, where one node does neither."""
@@ -599,7 +653,7 @@ async def measure_joins(setup: Setup, *, seconds: float, concurrency: int, warmu
                     await asyncio.wait_for(ws.messages.get(), 10)
                 joined += 1
                 latencies.append(time.perf_counter() - started)
-            except (asyncio.TimeoutError, OSError, ConnectionError):
+            except (TimeoutError, OSError, ConnectionError):
                 failed.append(started)
                 await asyncio.sleep(0.05)
             finally:
@@ -696,7 +750,7 @@ def run_wasimoff_kill(args: argparse.Namespace, shares: CpuShare, tmp: str) -> N
             while running:
                 try:
                     code, _ = await asyncio.wait_for(conn.request_with_headers("POST", wm.TASK_PATH, body, wm.PROTO), 30)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     outcomes[node]["lost (no answer in 30 s)"] += 1
                     return
                 except (ConnectionError, OSError):
@@ -733,11 +787,20 @@ def main() -> None:
     parser.add_argument("--idle-proxies", type=int, default=2000, help="proxies of the idle-poll measurement")
     parser.add_argument("--hold", type=float, default=3.0, help="the brokers' proxy hold time in the idle-poll measurement")
     parser.add_argument("--joiners", type=int, default=50, help="concurrent joins of the overlay measurement")
+    parser.add_argument("--floor-client", nargs=4, metavar=("URL", "RATE", "SECONDS", "BATCH"),
+                        help=argparse.SUPPRESS)  # (the floor measurement's client, in its own process)
     args = parser.parse_args()
+    if args.floor_client:
+        url, rate, seconds, batch = args.floor_client
+        import uvloop
+
+        print(json.dumps(uvloop.run(floor_client(url, float(rate), float(seconds), int(batch)))))
+        return
     prepare_generator()
     shares = CpuShare()
     runs = {"cpu": run_cpu, "idle": run_idle, "scaling": run_scaling, "latency": run_latency, "kill": run_kill,
-            "overlay": run_overlay, "wasimoff": run_wasimoff, "wasimoff_kill": run_wasimoff_kill}
+            "overlay": run_overlay, "wasimoff": run_wasimoff, "wasimoff_kill": run_wasimoff_kill,
+            "floor": run_floor}
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         try:
             for metric in args.metrics.split(","):
