@@ -110,9 +110,21 @@ class RedisPairingStore:
     async def run(self) -> None:
         await self._driver.run()
 
-    async def wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
+    # (Each call in two forms, awaited and with a callback (below), from one set of arguments.)
+    def _waiting(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any) -> tuple[_Held, tuple]:
         held = self._hold(party, WAITER, sid, now + self.hold_timeout)
-        args = (held.token, sid, pool, _score(order), self._codec.dumps(info), self._ttl_ms)
+        return held, (held.token, sid, pool, _score(order), self._codec.dumps(info), self._ttl_ms)
+
+    def _asking(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[_Held, tuple, Callable]:
+        held = self._hold(party, ASKER, None, math.inf)
+        args = (held.token, self._codec.dumps(offer), self._match_ttl_ms, MAX_POPS, *pools)
+        return held, args, functools.partial(self._claimed, held, now, offer)
+
+    def _answering(self, sid: str, answer: Any) -> tuple[tuple, Callable]:
+        return (sid, self._codec.dumps(answer), self._match_ttl_ms), functools.partial(self._answered, answer)
+
+    async def wait(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any = None) -> list[Effect]:
+        held, args = self._waiting(now, sid, party, pool, order, info)
         try:
             return (await self._call(lua.SF_WAIT, args, functools.partial(self._waited, held)))[1]
         except asyncio.CancelledError:
@@ -120,9 +132,7 @@ class RedisPairingStore:
             raise
 
     async def ask(self, now: float, party: Hashable, pools: Iterable[str], offer: Any) -> tuple[Any, list[Effect]]:
-        held = self._hold(party, ASKER, None, math.inf)
-        args = (held.token, self._codec.dumps(offer), self._match_ttl_ms, MAX_POPS, *pools)
-        process = functools.partial(self._claimed, held, now, offer)
+        held, args, process = self._asking(now, party, pools, offer)
         try:
             while True:
                 info, effects = await self._call(lua.SF_CLAIM, args, process)
@@ -133,8 +143,7 @@ class RedisPairingStore:
             raise
 
     async def answer(self, now: float, sid: str, answer: Any) -> tuple[Any, list[Effect]]:
-        args = (sid, self._codec.dumps(answer), self._match_ttl_ms)
-        return await self._call(lua.SF_ANSWER, args, functools.partial(self._answered, answer))
+        return await self._call(lua.SF_ANSWER, *self._answering(sid, answer))
 
     async def gone(self, now: float, party: Hashable) -> list[Effect]:
         held = self._by_party.get(party)
@@ -146,14 +155,12 @@ class RedisPairingStore:
 
     # -- the same in callback form (an ImmediatePairingStore): no task, no future -----------------
     def wait_now(self, now: float, sid: str, party: Hashable, pool: str, order: float, info: Any, then: Then) -> None:
-        held = self._hold(party, WAITER, sid, now + self.hold_timeout)
-        args = (held.token, sid, pool, _score(order), self._codec.dumps(info), self._ttl_ms)
+        held, args = self._waiting(now, sid, party, pool, order, info)
         self._call_then(lua.SF_WAIT, args, functools.partial(self._waited, held), then)
 
     def ask_now(self, now: float, party: Hashable, pools: Iterable[str], offer: Any, then: Then) -> None:
-        held = self._hold(party, ASKER, None, math.inf)
-        args = (held.token, self._codec.dumps(offer), self._match_ttl_ms, MAX_POPS, *pools)
-        self._claim(args, functools.partial(self._claimed, held, now, offer), then)
+        _, args, process = self._asking(now, party, pools, offer)
+        self._claim(args, process, then)
 
     def _claim(self, args: tuple, process: Callable[[Any], tuple[Any, list[Effect]]], then: Then) -> None:
         def claimed(info: Any, effects: list[Effect]) -> None:
@@ -165,8 +172,7 @@ class RedisPairingStore:
         self._call_then(lua.SF_CLAIM, args, process, claimed)
 
     def answer_now(self, now: float, sid: str, answer: Any, then: Then) -> None:
-        args = (sid, self._codec.dumps(answer), self._match_ttl_ms)
-        self._call_then(lua.SF_ANSWER, args, functools.partial(self._answered, answer), then)
+        self._call_then(lua.SF_ANSWER, *self._answering(sid, answer), then)
 
     def gone_now(self, now: float, party: Hashable) -> list[Effect]:
         """:meth:`gone` without waiting for its script (its reply only says what was dropped)."""
