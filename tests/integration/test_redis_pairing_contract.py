@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 import pytest
@@ -252,6 +252,35 @@ async def test_wait_on_a_ask_on_b_answer_on_c(cluster):
             assert await node.store.known() == []
 
 
+async def test_the_fewest_clients_first_across_nodes(cluster):
+    """A proxy with fewer clients is drawn first wherever it polled, before one on the asker's node."""
+    async with cluster(3) as (a, b, c):
+        await a.wait(0.0, "s5", "proxy-a5", order=5, info="a5")
+        await b.wait(0.0, "s1", "proxy-b1", order=1, info="b1")
+        await c.wait(0.0, "s3", "proxy-c3", order=3, info="c3")
+        drawn = [(await a.ask(0.0, f"client{i}"))[0] for i in range(3)]
+        assert drawn == ["b1", "c3", "a5"]
+
+
+async def test_on_a_tie_the_askers_own_node_first(redis_server, redis_prefix):
+    """Among proxies with as few clients (Go's heap orders them in no particular way), one that
+    polled the asker's node: the offer and its answer then need no bus frame. (The memory backend
+    is one node: first come, first served.)"""
+    async with redis_nodes(redis_server.url, redis_prefix, 3) as (a, b, c):
+        for node, name in ((a, "a"), (b, "b"), (c, "c")):
+            await node.wait(0.0, f"s{name}", f"proxy-{name}", order=0, info=name)
+        # each its own node's, whichever came first; delivered from the claim's reply, not through the bus
+        for node, name in ((c, "c"), (a, "a"), (b, "b")):
+            assert await node.ask(0.0, f"client-{name}") == (name, [Deliver(f"proxy-{name}", "o")])
+        await a.wait(0.0, "sa2", "proxy-a2", order=0, info="a2")
+        assert await c.ask(0.0, "client-c2") == ("a2", [])  # none on C: the other node's, through the bus
+        await wait_until(lambda: a.got("proxy-a2"))
+        assert a.got("proxy-a2") == [Deliver("proxy-a2", "o")]
+        assert (await c.ask(0.0, "client-c2"))[1] == [Dropped("no_waiter")]
+        # a part that ran empty leaves the pool's set of parts
+        assert redis_server.command("SCARD", f"{redis_prefix}:{{sf}}:pn:pool") == b":0\r\n"
+
+
 async def test_an_answer_after_the_remote_asker_timed_out_is_refused(cluster):
     async with cluster(3, answer_timeout=5.0) as (a, b, c):
         await a.wait(0.0, "s", "proxy")
@@ -276,7 +305,7 @@ async def test_a_reused_sid_on_another_node_replaces_the_earlier_poll(cluster):
 
 
 async def test_the_hold_race_across_nodes_gives_one_offer_and_no_no_match(cluster):
-    async with cluster(3, hold_timeout=10.0) as (a, b, c):
+    async with cluster(3, hold_timeout=10.0) as (a, b, _c):
         for i in range(20):
             await a.wait(0.0, f"s{i}", f"proxy{i}")
         for i in range(20):

@@ -5,10 +5,14 @@ would need the liveness keys under each store's hash tag). Pairing scripts share
 six arguments: key prefix ``P`` (``<prefix>:{<ns>}``), node-key prefix, inbox prefix, the
 store's name, this node's id and its epoch.
 
-Keys of a pairing store: ``P:pool:<pool>`` ZSET of waiters (score = order, member = 16 hex
-digits of a ticket + the sid, so equal orders pop first come, first served); ``P:w:<sid>`` HASH
+Keys of a pairing store: a pool is one part per node, ``P:pool:<pool>:<node>`` ZSET of that
+node's waiters (score = order, member = 16 hex digits of a ticket + the sid, so equal orders pop
+first come, first served), and ``P:pn:<pool>`` SET of the nodes that have a part. A claim draws
+the lowest order of all parts, this node's part on a tie (Go's heap orders equal ``Clients`` in
+no particular way either): the offer, and then the answer of a proxy that answers where it
+polled, stay on one node, with no bus frame. ``P:w:<sid>`` HASH
 {state = waiting | matched | answered | done, node, epoch, wt (the waiter's token on its
-node), pool, m (its pool member), info, an/ae/at (the asker's node, epoch, token), offer,
+node), pool (``<pool>:<node>``: its part), m (its pool member), info, an/ae/at (the asker's node, epoch, token), offer,
 answer}; ``P:seq`` ticket counter; ``P:n:<node>`` SET of sids that node's waiters hold
 (waiting or matched); ``P:a:<node>`` SET of sids that node's askers matched (matched or
 answered); ``P:nodes`` SET of nodes that have such sets (for the reaper). The two index sets
@@ -42,6 +46,11 @@ end
 local function publish(node, kind, epoch, token, payload)
   redis.call('PUBLISH', IB .. node, cmsgpack.pack({kind, NS, epoch, token, payload}))
 end
+local function left(part, node)  -- a waiter left the part ``<pool>:<node>``: an empty part leaves its pool
+  if redis.call('EXISTS', P .. ':pool:' .. part) == 0 then
+    redis.call('SREM', P .. ':pn:' .. string.sub(part, 1, #part - #node - 1), node)
+  end
+end
 """
 
 # wait(token, sid, pool, order, info, ttl_ms) -> the token of this node's replaced waiter, or nil;
@@ -54,6 +63,7 @@ local old = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'wt', 'pool', 'm
 local replaced = false
 if old[1] == 'waiting' then
   redis.call('ZREM', P .. ':pool:' .. old[5], old[6])
+  left(old[5], old[2])
   redis.call('SREM', P .. ':n:' .. old[2], sid)
   if old[2] == NODE and old[3] == EPOCH then
     replaced = old[4]
@@ -62,17 +72,21 @@ if old[1] == 'waiting' then
   end
 end
 local member = string.format('%016x', redis.call('INCR', P .. ':seq')) .. sid
+local part = pool .. ':' .. NODE
 redis.call('DEL', wkey)
-redis.call('HSET', wkey, 'state', 'waiting', 'node', NODE, 'epoch', EPOCH, 'wt', token, 'pool', pool,
+redis.call('HSET', wkey, 'state', 'waiting', 'node', NODE, 'epoch', EPOCH, 'wt', token, 'pool', part,
            'm', member, 'info', ARGV[11])
 redis.call('PEXPIRE', wkey, ARGV[12])
-redis.call('ZADD', P .. ':pool:' .. pool, ARGV[10], member)
+redis.call('ZADD', P .. ':pool:' .. part, ARGV[10], member)
+redis.call('SADD', P .. ':pn:' .. pool, NODE)
 redis.call('SADD', P .. ':n:' .. NODE, sid)
 redis.call('SADD', P .. ':nodes', NODE)
 return replaced
 """)
 
 # claim(token, offer, match_ttl_ms, max_pops, pool...) -> {sid, node, epoch, token, info} | nil (none) | 1 (call again)
+# From the first pool that has a waiter: the lowest order of the nodes' parts, this node's on a tie
+# (an empty part leaves the pool's set of parts).
 # A matched record lives match_ttl_ms (longer than either side's remaining time) unless ended first.
 # A waiter counts only while its node is alive with the epoch it registered under: a dead or
 # fenced node's waiters are dropped where they are found. The offer is published to the
@@ -81,10 +95,22 @@ SF_CLAIM = Script("sf_claim", _PAIRING + """
 if not alive(NODE, EPOCH) then return false end
 local budget = tonumber(ARGV[10])
 for i = 11, #ARGV do
-  local pool = P .. ':pool:' .. ARGV[i]
+  local parts = P .. ':pn:' .. ARGV[i]
   while true do
+    local pool, owner, least = nil, nil, nil
+    for _, node in ipairs(redis.call('SMEMBERS', parts)) do
+      local key = P .. ':pool:' .. ARGV[i] .. ':' .. node
+      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      if #first == 0 then
+        redis.call('SREM', parts, node)
+      else
+        local order = tonumber(first[2])
+        if least == nil or order < least or (order == least and node == NODE) then pool, owner, least = key, node, order end
+      end
+    end
+    if pool == nil then break end
     local top = redis.call('ZPOPMIN', pool)
-    if #top == 0 then break end
+    if redis.call('EXISTS', pool) == 0 then redis.call('SREM', parts, owner) end
     local member = top[1]
     local sid = string.sub(member, 17)
     local wkey = P .. ':w:' .. sid
@@ -116,6 +142,7 @@ local w = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'wt', 'pool', 'm',
 if w[2] ~= NODE or w[3] ~= EPOCH or w[4] ~= ARGV[7] then return 0 end
 if w[1] == 'waiting' then
   redis.call('ZREM', P .. ':pool:' .. w[5], w[6])
+  left(w[5], NODE)
   redis.call('DEL', wkey)
   redis.call('SREM', P .. ':n:' .. NODE, sid)
   return 1
@@ -205,6 +232,7 @@ for _, node in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
       local w = redis.call('HMGET', wkey, 'state', 'node', 'pool', 'm')
       if w[1] == 'waiting' and w[2] == node then
         redis.call('ZREM', P .. ':pool:' .. w[3], w[4])
+        left(w[3], node)
         redis.call('DEL', wkey)
       end
       budget = budget - 1
@@ -240,6 +268,7 @@ for _, sid in ipairs(redis.call('SMEMBERS', nkey)) do
   elseif w[3] == old then
     if w[1] == 'waiting' then
       redis.call('ZREM', P .. ':pool:' .. w[4], w[5])
+      left(w[4], NODE)
       redis.call('DEL', wkey)
     end
     redis.call('SREM', nkey, sid)
