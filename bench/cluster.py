@@ -12,7 +12,8 @@ One JSON line per measurement:
   {"bench":"cluster","metric":"scaling",...}  saturating load, each node held to the same CPU share (--share of
                                               a core; x4 at half of it each, so the four together have what x2
                                               has), at each of --clients concurrencies: rendezvous/s; then
-                                              each setup's best (its capacity) and the ratios the targets name
+                                              each setup's best (its capacity) and the ratios the targets name;
+                                              --placement sticky: proxies answer where they polled
   {"bench":"cluster","metric":"latency",...}  a light load (--latency-rate): client p50/p99 for memory x1 and for
                                               redis x3 with every rendezvous across three nodes (poll on A,
                                               client on B, answer on C); the added p50/p99
@@ -45,7 +46,7 @@ Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 a
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
 Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff,wasimoff_kill,floor] [--rate 800]
-                               [--share 0.25]
+                               [--share 0.25] [--clients 120,240,480] [--placement random|sticky]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
 
@@ -245,8 +246,10 @@ class Setup:
 # -- the generator --------------------------------------------------------------------------------
 class Generator:
     """Simulated proxies and clients, one keep-alive connection per peer and node. ``placement``:
-    ``random`` (each request to a random live node, as behind a load balancer) or ``across``
-    (polls to node 0, clients to node 1, answers to node 2)."""
+    ``random`` (each request to a random live node, as behind a load balancer), ``sticky`` (the
+    same, but a proxy's answer goes to the node it polled, on the connection it polled on, as the
+    real proxies' keep-alive connections do behind a TCP load balancer) or ``across`` (polls to
+    node 0, clients to node 1, answers to node 2)."""
 
     def __init__(self, setup: Setup, placement: str = "random") -> None:
         self.ports = [node.port for node in setup.nodes]
@@ -258,9 +261,11 @@ class Generator:
         self.latencies: list[float] = []
         self.rendezvous = 0
 
-    def pick(self, role: str) -> int:
+    def pick(self, role: str, polled: int | None = None) -> int:
         if self.placement == "across":
             return {"poll": 0, "client": 1, "answer": 2}[role]
+        if self.placement == "sticky" and polled is not None and polled in self.live:
+            return polled  # the proxy answers on the connection it polled on
         return random.choice(self.live)
 
     def failed(self, node: int) -> None:
@@ -285,7 +290,7 @@ class Generator:
                 if not reply.startswith(b'{"Status":"client match"'):
                     continue
                 answer = json.dumps({"Version": "1.3", "Sid": sid, "Answer": ANSWER}).encode()
-                node = self.pick("answer")
+                node = self.pick("answer", polled=node)
                 await self.request(conns, node, "/answer", answer)
             except (ConnectionError, OSError):
                 conns.pop(node, None)
@@ -437,17 +442,18 @@ def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
         best: dict = {}
         for clients in concurrencies:
             with Setup(backend, n, share, shares, tmp) as setup:
-                result = asyncio.run(measure(setup, proxies=600, clients=clients, seconds=args.duration))
+                result = asyncio.run(measure(setup, proxies=600, clients=clients, seconds=args.duration,
+                                             placement=args.placement))
             emit({"metric": "scaling", "backend": backend, "nodes": n, "share_per_node": share, "clients": clients,
-                  "share_method": shares.method, **result})
+                  "placement": args.placement, "share_method": shares.method, **result})
             if result["rendezvous_per_s"] > best.get("rendezvous_per_s", -1):
                 best = {**result, "clients": clients}
         rates[(backend, n)] = best["rendezvous_per_s"]
-        emit({"metric": "scaling_best", "backend": backend, "nodes": n, "share_per_node": share,
+        emit({"metric": "scaling_best", "backend": backend, "nodes": n, "share_per_node": share, "placement": args.placement,
               "clients": best["clients"], "rendezvous_per_s": best["rendezvous_per_s"],
               "broker_cpu_us_per_rendezvous": best["broker_cpu_us_per_rendezvous"],
               "redis_cpu_us_per_rendezvous": best["redis_cpu_us_per_rendezvous"]})
-    emit({"metric": "scaling_ratio", "share_method": shares.method, "share_per_node": args.share,
+    emit({"metric": "scaling_ratio", "share_method": shares.method, "share_per_node": args.share, "placement": args.placement,
           "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.7,
           "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2), "target_vs_memory1": 1.5,
           "redis4_at_half_share_vs_redis2": round(rates[("redis", 4)] / rates[("redis", 2)], 2), "target_x4": 0.9})
@@ -802,6 +808,8 @@ def main() -> None:
     parser.add_argument("--idle-proxies", type=int, default=2000, help="proxies of the idle-poll measurement")
     parser.add_argument("--hold", type=float, default=3.0, help="the brokers' proxy hold time in the idle-poll measurement")
     parser.add_argument("--joiners", type=int, default=50, help="concurrent joins of the overlay measurement")
+    parser.add_argument("--placement", choices=("random", "sticky"), default="random",
+                        help="scaling runs: every request to a random node, or proxies answering where they polled")
     parser.add_argument("--floor-client", nargs=4, metavar=("URL", "RATE", "SECONDS", "BATCH"),
                         help=argparse.SUPPRESS)  # (the floor measurement's client, in its own process)
     args = parser.parse_args()
