@@ -46,7 +46,7 @@ Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 a
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
 Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff,wasimoff_kill,floor] [--rate 800]
-                               [--share 0.25] [--clients 120,240,480] [--placement random|sticky]
+                               [--share 0.25] [--clients 120,240,480] [--placement random|sticky] [--rounds 2]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
 
@@ -434,29 +434,44 @@ def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
     """Each setup's capacity: its best rate over the --clients concurrencies. A node's cost per
     rendezvous falls as its queue deepens (one write and one read carry more requests and Redis
     calls), so a fixed concurrency spread over more nodes measures shallower queues, not less
-    capacity: with 120 clients, four nodes at 12.5 % ran 0.59x two at 25 %, with 240 0.97x."""
-    rates = {}
+    capacity: with 120 clients, four nodes at 12.5 % ran 0.59x two at 25 %, with 240 0.97x.
+
+    --rounds: the setups run in rounds, forward then backward (memory, x1, x2, x4, then x4, x2, x1,
+    memory, ...): this machine's speed drifts by tens of percent over minutes, and a drift that goes
+    one way then moves a ratio up in one round and down in the next. Each round's ratios are
+    printed, and the ratios of the setups' median capacities."""
     concurrencies = [int(c) for c in str(args.clients).split(",")]
-    for backend, n in SETUPS:
-        share = args.share / 2 if n == 4 else args.share
-        best: dict = {}
-        for clients in concurrencies:
-            with Setup(backend, n, share, shares, tmp) as setup:
-                result = asyncio.run(measure(setup, proxies=600, clients=clients, seconds=args.duration,
-                                             placement=args.placement))
-            emit({"metric": "scaling", "backend": backend, "nodes": n, "share_per_node": share, "clients": clients,
-                  "placement": args.placement, "share_method": shares.method, **result})
-            if result["rendezvous_per_s"] > best.get("rendezvous_per_s", -1):
-                best = {**result, "clients": clients}
-        rates[(backend, n)] = best["rendezvous_per_s"]
-        emit({"metric": "scaling_best", "backend": backend, "nodes": n, "share_per_node": share, "placement": args.placement,
-              "clients": best["clients"], "rendezvous_per_s": best["rendezvous_per_s"],
-              "broker_cpu_us_per_rendezvous": best["broker_cpu_us_per_rendezvous"],
-              "redis_cpu_us_per_rendezvous": best["redis_cpu_us_per_rendezvous"]})
+    capacities: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+    rounds = []
+    for index in range(args.rounds):
+        best_of_round = {}
+        for backend, n in (SETUPS if index % 2 == 0 else SETUPS[::-1]):
+            share = args.share / 2 if n == 4 else args.share
+            best: dict = {}
+            for clients in concurrencies:
+                with Setup(backend, n, share, shares, tmp) as setup:
+                    result = asyncio.run(measure(setup, proxies=600, clients=clients, seconds=args.duration,
+                                                 placement=args.placement))
+                emit({"metric": "scaling", "round": index, "backend": backend, "nodes": n, "share_per_node": share,
+                      "clients": clients, "placement": args.placement, "share_method": shares.method, **result})
+                if result["rendezvous_per_s"] > best.get("rendezvous_per_s", -1):
+                    best = {**result, "clients": clients}
+            best_of_round[(backend, n)] = best["rendezvous_per_s"]
+            capacities[(backend, n)].append(best["rendezvous_per_s"])
+            emit({"metric": "scaling_best", "round": index, "backend": backend, "nodes": n, "share_per_node": share,
+                  "placement": args.placement, "clients": best["clients"], "rendezvous_per_s": best["rendezvous_per_s"],
+                  "broker_cpu_us_per_rendezvous": best["broker_cpu_us_per_rendezvous"],
+                  "redis_cpu_us_per_rendezvous": best["redis_cpu_us_per_rendezvous"]})
+        rounds.append(_scaling_ratios(best_of_round))
     emit({"metric": "scaling_ratio", "share_method": shares.method, "share_per_node": args.share, "placement": args.placement,
-          "redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2), "target_vs_redis1": 1.7,
-          "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2), "target_vs_memory1": 1.5,
-          "redis4_at_half_share_vs_redis2": round(rates[("redis", 4)] / rates[("redis", 2)], 2), "target_x4": 0.9})
+          **_scaling_ratios({k: statistics.median(v) for k, v in capacities.items()}),
+          "rounds": rounds, "target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9})
+
+
+def _scaling_ratios(rates: dict[tuple[str, int], float]) -> dict:
+    return {"redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2),
+            "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2),
+            "redis4_at_half_share_vs_redis2": round(rates[("redis", 4)] / rates[("redis", 2)], 2)}
 
 
 def run_latency(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
@@ -808,6 +823,7 @@ def main() -> None:
     parser.add_argument("--idle-proxies", type=int, default=2000, help="proxies of the idle-poll measurement")
     parser.add_argument("--hold", type=float, default=3.0, help="the brokers' proxy hold time in the idle-poll measurement")
     parser.add_argument("--joiners", type=int, default=50, help="concurrent joins of the overlay measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="scaling runs: rounds of the setups, forward then backward")
     parser.add_argument("--placement", choices=("random", "sticky"), default="random",
                         help="scaling runs: every request to a random node, or proxies answering where they polled")
     parser.add_argument("--floor-client", nargs=4, metavar=("URL", "RATE", "SECONDS", "BATCH"),
