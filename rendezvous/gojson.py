@@ -37,15 +37,11 @@ def escape(text: str) -> str:
     """Go's escaping applied to serialised JSON (those characters only occur inside strings)."""
     # (``in`` first: it finds a character with memchr, where ``replace`` by a longer text counts
     # the occurrences one character at a time, ten times slower when there are none.)
-    if text.isascii():  # (an O(1) test) no U+2028/U+2029, no surrogate
-        for char, escaped in _ASCII_ESCAPES:
-            if char in text:
-                text = text.replace(char, escaped)
-        return text
-    for char, escaped in _ESCAPES:
+    plain = text.isascii()  # (an O(1) test) no U+2028/U+2029, no surrogate
+    for char, escaped in _ASCII_ESCAPES if plain else _ESCAPES:
         if char in text:
             text = text.replace(char, escaped)
-    if SURROGATE.search(text):
+    if not plain and SURROGATE.search(text):
         text = SURROGATE.sub(lambda _: "\\ufffd", text)
     return text
 

@@ -43,8 +43,7 @@ def token_hex(nbytes: int) -> str:
 
 def random_ids() -> IdSource:
     """32 lowercase hex characters from the OS CSPRNG (the original's ``randomBytes(16)``)."""
-    take = _URANDOM.take
-    return lambda: take(16).hex()
+    return lambda: token_hex(16)
 
 
 def jenkins32(s: int) -> int:

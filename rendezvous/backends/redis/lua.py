@@ -110,7 +110,7 @@ for i = 11, #ARGV do
     end
     if pool == nil then break end
     local top = redis.call('ZPOPMIN', pool)
-    if redis.call('EXISTS', pool) == 0 then redis.call('SREM', parts, owner) end
+    left(ARGV[i] .. ':' .. owner, owner)
     local member = top[1]
     local sid = string.sub(member, 17)
     local wkey = P .. ':w:' .. sid
