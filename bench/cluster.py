@@ -11,9 +11,11 @@ One JSON line per measurement:
                                               redis-server CPU per idle poll, memory x1 and redis x1
   {"bench":"cluster","metric":"scaling",...}  saturating load, each node held to the same CPU share (--share of
                                               a core; x4 at half of it each, so the four together have what x2
-                                              has), at each of --clients concurrencies: rendezvous/s; then
-                                              each setup's best (its capacity) and the ratios the targets name;
-                                              --placement sticky: proxies answer where they polled
+                                              has): rendezvous/s of memory x1, redis x1 and redis x2 measured
+                                              side by side, then of redis x2 and redis x4 side by side (see
+                                              run_scaling: why at once); each round's ratios, their medians;
+                                              --placement sticky: proxies answer where they polled;
+                                              --sequential: one setup after the other, best over --clients
   {"bench":"cluster","metric":"latency",...}  a light load (--latency-rate): client p50/p99 for memory x1 and for
                                               redis x3 with every rendezvous across three nodes (poll on A,
                                               client on B, answer on C); the added p50/p99
@@ -46,7 +48,8 @@ Targets (docs/scale-out.md): redis x2 >= 1.7 x redis x1 and >= 1.5 x memory x1 a
 per rendezvous on redis <= 1.35 x memory; redis-server <= 40 us per rendezvous; added p50 <= 1 ms, p99 <= 3 ms.
 
 Usage: python bench/cluster.py [--metrics cpu,idle,scaling,latency,kill,overlay,wasimoff,wasimoff_kill,floor] [--rate 800]
-                               [--share 0.25] [--clients 120,240,480] [--placement random|sticky] [--rounds 2]
+                               [--share 0.2] [--clients-per-node 120] [--placement random|sticky] [--rounds 3]
+                               [--sequential [--clients 120,240,480]]
                                [--duration 10] [--latency-rate 50] [--kill-rate 300]
 """
 
@@ -55,6 +58,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -103,9 +108,9 @@ class CpuShare:
         else:
             self.method = "taskset (shares not held)"
 
-    def hold(self, pid: int, fraction: float | None) -> None:
+    def hold(self, pid: int, fraction: float | None) -> pathlib.Path | None:
         if fraction is None or self.method.startswith("taskset"):
-            return
+            return None
         quota = int(PERIOD_US * fraction)
         if self.method.startswith("cgroup-v1"):
             group = self.V1 / f"rdv-bench-{os.getpid()}-{pid}"
@@ -118,16 +123,18 @@ class CpuShare:
             (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
         (group / "cgroup.procs").write_text(str(pid))
         self.groups.append(group)
+        return group
 
-    def release(self) -> None:
-        for group in self.groups:
+    def release(self, groups: list[pathlib.Path] | None = None) -> None:
+        """Remove ``groups`` (all of them by default) once their processes have exited."""
+        for group in list(self.groups if groups is None else groups):
             for _ in range(50):
                 try:
                     group.rmdir()
                     break
                 except OSError:  # its process is still exiting
                     time.sleep(0.05)
-        self.groups.clear()
+            self.groups.remove(group)
 
 
 def _read(path: pathlib.Path) -> str:
@@ -216,6 +223,7 @@ class Setup:
         self.tmp = tmp
         self.redis: Redis | None = None
         self.nodes: list[Node] = []
+        self.groups: list[pathlib.Path] = []  # its nodes' cgroups
 
     def __enter__(self) -> Setup:
         bridges = str(pathlib.Path(self.tmp) / "bridges.jsonl")
@@ -225,7 +233,9 @@ class Setup:
         self.prefix = f"b{random.getrandbits(32):08x}"
         for i in range(self.n):
             node = Node(self.backend, self.redis, i, self.prefix, bridges, self.hold, self.profile)
-            self.shares.hold(node.proc.pid, self.share)
+            group = self.shares.hold(node.proc.pid, self.share)
+            if group is not None:
+                self.groups.append(group)
             self.nodes.append(node)
         return self
 
@@ -234,7 +244,7 @@ class Setup:
             node.stop()
         if self.redis is not None:
             self.redis.stop()
-        self.shares.release()
+        self.shares.release(self.groups)
 
     def broker_cpu(self) -> float:
         return sum(cpu_seconds(node.proc.pid) for node in self.nodes if node.alive)
@@ -384,10 +394,34 @@ async def measure(setup: Setup, *, proxies: int, seconds: float, warmup: float =
                                                 gen.paced(rate) if rate else gen.closed_loop(clients)))
     await asyncio.sleep(warmup)
     gen.latencies.clear()
-    done, elapsed, broker, redis, generator = await measured(setup, seconds, lambda: gen.rendezvous)
-    latencies = sorted(gen.latencies)
+    window = await measured(setup, seconds, lambda: gen.rendezvous)
     gen.running = False
     await wind_down(load)
+    return _result(setup, gen, *window)
+
+
+async def measure_together(setups: list[Setup], *, seconds: float, proxies_per_node: int, clients_per_node: int,
+                           warmup: float = 2.0, placement: str = "random") -> list[dict]:
+    """:func:`measure` (closed loop) of several setups at the same time, each with its own simulated
+    peers (proxies and clients in proportion to its nodes): whatever the machine does meanwhile, it
+    does to all of them. (generator_cpu_pct: this whole generator's.)"""
+    gens = [Generator(setup, placement) for setup in setups]
+    load = asyncio.ensure_future(asyncio.gather(
+        *(gen.proxy(i) for setup, gen in zip(setups, gens, strict=True) for i in range(proxies_per_node * setup.n)),
+        *(gen.closed_loop(clients_per_node * setup.n) for setup, gen in zip(setups, gens, strict=True))))
+    await asyncio.sleep(warmup)
+    for gen in gens:
+        gen.latencies.clear()
+    windows = await asyncio.gather(*(measured(setup, seconds, functools.partial(getattr, gen, "rendezvous"))
+                                     for setup, gen in zip(setups, gens, strict=True)))
+    for gen in gens:
+        gen.running = False
+    await wind_down(load)
+    return [_result(setup, gen, *window) for setup, gen, window in zip(setups, gens, windows, strict=True)]
+
+
+def _result(setup: Setup, gen: Generator, done: int, elapsed: float, broker: float, redis: float, generator: float) -> dict:
+    latencies = sorted(gen.latencies)
     n = len(latencies)
     return {"rendezvous": done, "seconds": round(elapsed, 1), "rendezvous_per_s": round(done / elapsed, 1),
             "broker_cpu_us_per_rendezvous": round(broker * 1e6 / max(1, done), 1),
@@ -431,15 +465,62 @@ def run_cpu(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
 
 
 def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
-    """Each setup's capacity: its best rate over the --clients concurrencies. A node's cost per
-    rendezvous falls as its queue deepens (one write and one read carry more requests and Redis
-    calls), so a fixed concurrency spread over more nodes measures shallower queues, not less
-    capacity: with 120 clients, four nodes at 12.5 % ran 0.59x two at 25 %, with 240 0.97x.
+    """Each setup's capacity at saturation with its nodes held to --share of a core (x4 at half of
+    it). By default the setups that a target compares run at the same time (memory x1, redis x1 and
+    redis x2; then redis x2 and redis x4), on the one server core, each with its own simulated peers:
 
-    --rounds: the setups run in rounds, forward then backward (memory, x1, x2, x4, then x4, x2, x1,
-    memory, ...): this machine's speed drifts by tens of percent over minutes, and a drift that goes
-    one way then moves a ratio up in one round and down in the next. Each round's ratios are
-    printed, and the ratios of the setups' median capacities."""
+    * this machine's speed drifts by tens of percent within minutes (a memory node alone at 25 %:
+      2 196-3 156 rendezvous/s in one hour), so setups measured one after the other compare the
+      machine's moments as much as the setups; measured at once, each comparison sees one moment
+      (two memory nodes side by side: within 1-4 % of each other in every run);
+    * nodes that share a core slow each other down (a memory node with a neighbour: ~10-20 % less
+      than alone), which one after the other would charge to redis x2 and x4 and never to x1: side
+      by side, every node has neighbours.
+
+    Each round's ratios are printed, and their medians. Each line says whether its nodes used
+    their whole share (``saturated``: the CPU they took is >= 95 % of it; if not, the peers were
+    too few). --sequential: the setups one after the other instead (forward, then backward in the
+    next round), each at its best over the --clients concurrencies."""
+    if args.sequential:
+        run_scaling_sequential(args, shares, tmp)
+        return
+    groups = ((("memory", 1, 1.0), ("redis", 1, 1.0), ("redis", 2, 1.0)), (("redis", 2, 1.0), ("redis", 4, 0.5)))
+    rounds = []
+    for index in range(args.rounds):
+        ratios = {}
+        for group in groups:
+            with contextlib.ExitStack() as stack:
+                setups = [stack.enter_context(Setup(backend, n, args.share * part, shares, tmp)) for backend, n, part in group]
+                results = asyncio.run(measure_together(setups, seconds=args.duration, proxies_per_node=300,
+                                                       clients_per_node=args.clients_per_node, placement=args.placement))
+            rates = {}
+            for (backend, n, part), result in zip(group, results, strict=True):
+                share = args.share * part
+                rates[(backend, n)] = result["rendezvous_per_s"]
+                emit({"metric": "scaling", "round": index, "together": [f"{b} x{k}" for b, k, _ in group],
+                      "backend": backend, "nodes": n, "share_per_node": share, "clients": args.clients_per_node * n,
+                      "placement": args.placement, "share_method": shares.method,
+                      "saturated": result["broker_cpu_cores"] >= 0.95 * share * n, **result})
+            if ("memory", 1) in rates:
+                ratios["redis2_vs_redis1"] = round(rates[("redis", 2)] / rates[("redis", 1)], 2)
+                ratios["redis2_vs_memory1"] = round(rates[("redis", 2)] / rates[("memory", 1)], 2)
+            else:
+                ratios["redis4_at_half_share_vs_redis2"] = round(rates[("redis", 4)] / rates[("redis", 2)], 2)
+        rounds.append(ratios)
+        emit({"metric": "scaling_round", "round": index, **ratios})
+    emit({"metric": "scaling_ratio", "method": "together", "share_method": shares.method, "share_per_node": args.share,
+          "placement": args.placement, **{key: statistics.median(r[key] for r in rounds) for key in rounds[0]},
+          "rounds": rounds, "target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9})
+
+
+def run_scaling_sequential(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
+    """The setups one after the other, each at its best rate over the --clients concurrencies. A
+    node's cost per rendezvous falls as its queue deepens (one write and one read carry more
+    requests and Redis calls), so a fixed concurrency spread over more nodes measures shallower
+    queues, not less capacity: with 120 clients, four nodes at 12.5 % ran 0.59x two at 25 %, with
+    240 0.97x. Rounds go forward then backward (memory, x1, x2, x4, then x4, x2, x1, memory, ...),
+    so that a drift that goes one way moves a ratio up in one round and down in the next; each
+    round's ratios are printed, and the ratios of the setups' median capacities."""
     concurrencies = [int(c) for c in str(args.clients).split(",")]
     capacities: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
     rounds = []
@@ -463,7 +544,7 @@ def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
                   "broker_cpu_us_per_rendezvous": best["broker_cpu_us_per_rendezvous"],
                   "redis_cpu_us_per_rendezvous": best["redis_cpu_us_per_rendezvous"]})
         rounds.append(_scaling_ratios(best_of_round))
-    emit({"metric": "scaling_ratio", "share_method": shares.method, "share_per_node": args.share, "placement": args.placement,
+    emit({"metric": "scaling_ratio", "method": "sequential", "share_method": shares.method, "share_per_node": args.share, "placement": args.placement,
           **_scaling_ratios({k: statistics.median(v) for k, v in capacities.items()}),
           "rounds": rounds, "target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9})
 
@@ -814,16 +895,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--metrics", default="cpu,idle,scaling,latency,kill")
     parser.add_argument("--rate", type=float, default=800.0, help="rendezvous/s of the CPU measurement")
-    parser.add_argument("--share", type=float, default=0.25, help="share of a core per node in the scaling runs")
+    parser.add_argument("--share", type=float, default=0.2, help="share of a core per node in the scaling runs")
+    parser.add_argument("--clients-per-node", type=int, default=120, help="scaling runs: concurrent clients per node")
+    parser.add_argument("--sequential", action="store_true",
+                        help="scaling runs: the setups one after the other instead of side by side")
     parser.add_argument("--clients", default="120,240,480",
-                        help="concurrent clients of the scaling runs (a list: each setup's best rate counts)")
+                        help="--sequential: concurrent clients (a list: each setup's best rate counts)")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--latency-rate", type=float, default=50.0)
     parser.add_argument("--kill-rate", type=float, default=300.0)
     parser.add_argument("--idle-proxies", type=int, default=2000, help="proxies of the idle-poll measurement")
     parser.add_argument("--hold", type=float, default=3.0, help="the brokers' proxy hold time in the idle-poll measurement")
     parser.add_argument("--joiners", type=int, default=50, help="concurrent joins of the overlay measurement")
-    parser.add_argument("--rounds", type=int, default=2, help="scaling runs: rounds of the setups, forward then backward")
+    parser.add_argument("--rounds", type=int, default=3, help="scaling runs: rounds (--sequential: forward then backward)")
     parser.add_argument("--placement", choices=("random", "sticky"), default="random",
                         help="scaling runs: every request to a random node, or proxies answering where they polled")
     parser.add_argument("--floor-client", nargs=4, metavar=("URL", "RATE", "SECONDS", "BATCH"),
