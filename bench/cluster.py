@@ -341,7 +341,7 @@ class Generator:
             while self.running:
                 await self.client(conns)
                 if self.events[-1][1] != "answer":
-                    await asyncio.sleep(0.002)
+                    await asyncio.sleep(0.1)  # as a client backs off (spinning, it would crowd the proxies out)
 
         await asyncio.gather(*(one() for _ in range(clients)))
 

@@ -73,7 +73,7 @@ if old[1] == 'waiting' then
 end
 local member = string.format('%016x', redis.call('INCR', P .. ':seq')) .. sid
 local part = pool .. ':' .. NODE
-redis.call('DEL', wkey)
+if old[1] then redis.call('DEL', wkey) end  -- (no state: no record)
 redis.call('HSET', wkey, 'state', 'waiting', 'node', NODE, 'epoch', EPOCH, 'wt', token, 'pool', part,
            'm', member, 'info', ARGV[11])
 redis.call('PEXPIRE', wkey, ARGV[12])
@@ -97,26 +97,27 @@ local budget = tonumber(ARGV[10])
 for i = 11, #ARGV do
   local parts = P .. ':pn:' .. ARGV[i]
   while true do
-    local pool, owner, least = nil, nil, nil
+    local pool, owner, least, last = nil, nil, nil, false
     for _, node in ipairs(redis.call('SMEMBERS', parts)) do
       local key = P .. ':pool:' .. ARGV[i] .. ':' .. node
-      local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      local first = redis.call('ZRANGE', key, 0, 1, 'WITHSCORES')
       if #first == 0 then
         redis.call('SREM', parts, node)
       else
         local order = tonumber(first[2])
-        if least == nil or order < least or (order == least and node == NODE) then pool, owner, least = key, node, order end
+        if least == nil or order < least or (order == least and node == NODE) then
+          pool, owner, least, last = key, node, order, #first == 2
+        end
       end
     end
     if pool == nil then break end
-    local top = redis.call('ZPOPMIN', pool)
-    left(ARGV[i] .. ':' .. owner, owner)
-    local member = top[1]
+    local member = redis.call('ZPOPMIN', pool)[1]
+    if last then redis.call('SREM', parts, owner) end  -- its part is empty now
     local sid = string.sub(member, 17)
     local wkey = P .. ':w:' .. sid
     local w = redis.call('HMGET', wkey, 'state', 'node', 'epoch', 'wt', 'm', 'info')
     if w[1] == 'waiting' and w[5] == member then
-      if alive(w[2], w[3]) then
+      if (w[2] == NODE and w[3] == EPOCH) or alive(w[2], w[3]) then  -- (this node is: checked above)
         redis.call('HSET', wkey, 'state', 'matched', 'an', NODE, 'ae', EPOCH, 'at', ARGV[7], 'offer', ARGV[8])
         redis.call('PEXPIRE', wkey, ARGV[9])
         redis.call('SADD', P .. ':a:' .. NODE, sid)
@@ -157,12 +158,13 @@ local wkey = P .. ':w:' .. sid
 local w = redis.call('HMGET', wkey, 'state', 'an', 'ae', 'at', 'info', 'node')
 if w[1] ~= 'matched' then return false end
 redis.call('SREM', P .. ':n:' .. w[6], sid)
-if not alive(w[2], w[3]) then
+local here = w[2] == NODE and w[3] == EPOCH  -- the asker is this node's (a fenced node's tokens are gone with it)
+if not here and not alive(w[2], w[3]) then
   redis.call('DEL', wkey)
   redis.call('SREM', P .. ':a:' .. w[2], sid)
   return false
 end
-if w[2] == NODE and w[3] == EPOCH then
+if here then
   redis.call('DEL', wkey)
   redis.call('SREM', P .. ':a:' .. NODE, sid)
 else
