@@ -493,10 +493,12 @@ def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
                 setups = [stack.enter_context(Setup(backend, n, args.share * part, shares, tmp)) for backend, n, part in group]
                 results = asyncio.run(measure_together(setups, seconds=args.duration, proxies_per_node=300,
                                                        clients_per_node=args.clients_per_node, placement=args.placement))
-            rates = {}
+            rates, cpu, redis = {}, {}, {}
             for (backend, n, part), result in zip(group, results, strict=True):
                 share = args.share * part
                 rates[(backend, n)] = result["rendezvous_per_s"]
+                cpu[(backend, n)] = result["broker_cpu_us_per_rendezvous"]
+                redis[(backend, n)] = result["redis_cpu_us_per_rendezvous"]
                 emit({"metric": "scaling", "round": index, "together": [f"{b} x{k}" for b, k, _ in group],
                       "backend": backend, "nodes": n, "share_per_node": share, "clients": args.clients_per_node * n,
                       "placement": args.placement, "share_method": shares.method,
@@ -504,13 +506,20 @@ def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
             if ("memory", 1) in rates:
                 ratios["redis2_vs_redis1"] = round(rates[("redis", 2)] / rates[("redis", 1)], 2)
                 ratios["redis2_vs_memory1"] = round(rates[("redis", 2)] / rates[("memory", 1)], 2)
+                # the CPU targets at this load (saturation): broker CPU per rendezvous on Redis vs memory,
+                # redis-server's per rendezvous
+                ratios["broker_cpu_redis1_vs_memory1"] = round(cpu[("redis", 1)] / cpu[("memory", 1)], 2)
+                ratios["broker_cpu_redis2_vs_memory1"] = round(cpu[("redis", 2)] / cpu[("memory", 1)], 2)
+                ratios["redis_server_us_redis1"] = redis[("redis", 1)]
+                ratios["redis_server_us_redis2"] = redis[("redis", 2)]
             else:
                 ratios["redis4_at_half_share_vs_redis2"] = round(rates[("redis", 4)] / rates[("redis", 2)], 2)
         rounds.append(ratios)
         emit({"metric": "scaling_round", "round": index, **ratios})
     emit({"metric": "scaling_ratio", "method": "together", "share_method": shares.method, "share_per_node": args.share,
           "placement": args.placement, **{key: statistics.median(r[key] for r in rounds) for key in rounds[0]},
-          "rounds": rounds, "target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9})
+          "rounds": rounds, "target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9,
+          "target_broker_cpu_vs_memory": 1.35, "target_redis_server_us": 40})
 
 
 def run_scaling_sequential(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
