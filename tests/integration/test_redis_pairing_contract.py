@@ -272,13 +272,17 @@ async def test_on_a_tie_the_askers_own_node_first(redis_server, redis_prefix):
         # each its own node's, whichever came first; delivered from the claim's reply, not through the bus
         for node, name in ((c, "c"), (a, "a"), (b, "b")):
             assert await node.ask(0.0, f"client-{name}") == (name, [Deliver(f"proxy-{name}", "o")])
+        parts = f"{redis_prefix}:{{sf}}:pn:pool"
         await a.wait(0.0, "sa2", "proxy-a2", order=0, info="a2")
+        await a.wait(0.0, "sa3", "proxy-a3", order=0, info="a3")
         assert await c.ask(0.0, "client-c2") == ("a2", [])  # none on C: the other node's, through the bus
-        await wait_until(lambda: a.got("proxy-a2"))
+        assert redis_server.command("SCARD", parts) == b":1\r\n"  # A's part still has a3
+        assert await c.ask(0.0, "client-c3") == ("a3", [])
+        # the claim that empties a part takes it out of the pool's set of parts (not a later scan)
+        assert redis_server.command("SCARD", parts) == b":0\r\n"
+        await wait_until(lambda: a.got("proxy-a3"))
         assert a.got("proxy-a2") == [Deliver("proxy-a2", "o")]
-        assert (await c.ask(0.0, "client-c2"))[1] == [Dropped("no_waiter")]
-        # a part that ran empty leaves the pool's set of parts
-        assert redis_server.command("SCARD", f"{redis_prefix}:{{sf}}:pn:pool") == b":0\r\n"
+        assert (await c.ask(0.0, "client-c4"))[1] == [Dropped("no_waiter")]
 
 
 async def test_an_answer_after_the_remote_asker_timed_out_is_refused(cluster):
