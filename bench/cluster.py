@@ -72,7 +72,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from common import GENERATOR_CORE, SERVER_CORE, cpu_seconds, free_port, prepare_generator, start_pinned
@@ -225,7 +225,7 @@ class Setup:
         self.nodes: list[Node] = []
         self.groups: list[pathlib.Path] = []  # its nodes' cgroups
 
-    def __enter__(self) -> Setup:
+    def __enter__(self) -> Self:
         bridges = str(pathlib.Path(self.tmp) / "bridges.jsonl")
         pathlib.Path(bridges).write_text(json.dumps(BRIDGE) + "\n")
         if self.backend == "redis":

@@ -28,8 +28,8 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import ROOT, cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned  # noqa: E402
-from wsclient import connect  # noqa: E402
+from common import ROOT, cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned
+from wsclient import connect
 
 JS = ROOT / "tests" / "interop" / "js"
 SECRET = "bench"
@@ -105,7 +105,7 @@ async def run_joins(port: int, pid: int, duration: float, concurrency: int) -> d
         while time.monotonic() < stop_at:
             try:
                 latencies.append(await one_join(port))
-            except (asyncio.TimeoutError, OSError, ConnectionError):
+            except (TimeoutError, OSError, ConnectionError):
                 failures += 1
 
     cpu0, t0, gen0 = cpu_seconds(pid), time.monotonic(), time.process_time()

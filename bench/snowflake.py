@@ -41,8 +41,8 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import GENERATOR_CORE, cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned  # noqa: E402
-from httpclient import Peer, connect  # noqa: E402
+from common import GENERATOR_CORE, cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned
+from httpclient import Peer, connect
 
 SDP = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n" + "a=x-pad:" + "y" * 900 + "\r\na=candidate:1 1 udp 2130706431 10.0.0.2 5000 typ host\r\n"
 OFFER = json.dumps({"type": "offer", "sdp": SDP})

@@ -22,12 +22,13 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from common import cpu_seconds, free_port, prepare_generator, start_pinned  # noqa: E402
-from httpclient import Peer, connect as http_connect  # noqa: E402
-from wsclient import connect as ws_connect  # noqa: E402
+from common import cpu_seconds, free_port, prepare_generator, start_pinned
+from httpclient import Peer
+from httpclient import connect as http_connect
+from wsclient import connect as ws_connect
 
-from rendezvous_wasimoff import schema  # noqa: E402
-from rendezvous_wasimoff.codec import pack, unpack  # noqa: E402
+from rendezvous_wasimoff import schema
+from rendezvous_wasimoff.codec import pack, unpack
 
 WASM = b"\x00asm\x01\x00\x00\x00"  # a valid (empty) module: the fake providers never run it
 
@@ -108,7 +109,7 @@ async def dispatch(port: int, pid: int, providers: int, slots: int, clients: int
         nonlocal errors
         while time.monotonic() < stop_at:
             start = time.perf_counter()
-            code, reply = await peer.conn.request_with_headers("POST", TASK_PATH, body, PROTO)
+            code, _reply = await peer.conn.request_with_headers("POST", TASK_PATH, body, PROTO)
             if code == 200:
                 if record:
                     latencies.append(time.perf_counter() - start)

@@ -29,8 +29,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1]))
-from common import cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned  # noqa: E402
-from wsclient import connect  # noqa: E402
+from common import cpu_seconds, free_port, prepare_generator, rss_kb, start_pinned
+from wsclient import connect
 
 SECRET = "bench"
 PAYLOAD = "x" * 200

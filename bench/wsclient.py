@@ -12,11 +12,11 @@ import asyncio
 import base64
 import os
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 
 class WSClient(asyncio.Protocol):
-    def __init__(self, host: str, path: str, on_message: Callable[["WSClient", bytes], None] | None = None,
+    def __init__(self, host: str, path: str, on_message: Callable[[WSClient, bytes], None] | None = None,
                  extra_headers: str = "") -> None:
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
