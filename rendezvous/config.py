@@ -59,7 +59,8 @@ class ServerSettings:
     backend: str = setting("memory", help="where shared rendezvous state lives: memory (this process alone) or redis "
                                           "(a cluster of equal nodes sharing one Redis; pip install 'rendezvous[redis]')")
     backend_url: str = setting("redis://127.0.0.1:6379/0", secret=True,
-                               help="the backend's server: redis://[[user]:password@]host[:port][/db], rediss:// (TLS) or unix:///path")
+                               help="the backend's server: redis://[[user]:password@]host[:port][/db], rediss:// (TLS), unix:///path or "
+                                    "redis+sentinel://host[:port][,host[:port]...]/<service>[/db]")
     node_id: str = setting("", help="this node's name in a cluster, unique among live nodes (unset: 8 random hex digits per start)")
     node_ttl: float = setting(3.0, help="seconds after which a node that stopped renewing its liveness key counts as dead", validator=positive)
     backend_prefix: str = setting("rdv", help="first part of every backend key and channel (clusters sharing one Redis need their own)")

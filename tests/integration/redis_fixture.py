@@ -12,7 +12,8 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import anyio
 import pytest
@@ -22,8 +23,9 @@ from rendezvous.core import Deliver, Expired
 
 
 class RedisServer:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, *extra: str) -> None:
         self.directory = directory
+        self.extra = list(extra)  # more redis-server options (``--replicaof``, ...)
         self.port = 0
         self.process: subprocess.Popen | None = None
 
@@ -36,7 +38,7 @@ class RedisServer:
             self.port = self.port or _free_port()
             self.process = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning"],
+                 "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning", *self.extra],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             if self._answers_ping(deadline=time.monotonic() + 5):
@@ -72,6 +74,37 @@ class RedisServer:
             except OSError:
                 time.sleep(0.02)
         return False
+
+
+class RedisSentinel(RedisServer):
+    """``redis-server --sentinel`` watching the primary at ``primary_port`` as ``service``, quick
+    to act (down after 300 ms); its config file (Sentinel rewrites it) in ``directory``."""
+
+    def __init__(self, directory: str, primary_port: int, service: str = "mymaster") -> None:
+        super().__init__(directory)
+        self.primary_port, self.service = primary_port, service
+
+    def start(self) -> None:
+        for _ in range(5):
+            self.port = self.port or _free_port()
+            config = os.path.join(self.directory, f"sentinel-{self.port}.conf")
+            with open(config, "w") as file:
+                file.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                           f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 1\n"
+                           f"sentinel down-after-milliseconds {self.service} 300\n"
+                           f"sentinel failover-timeout {self.service} 3000\n")
+            self.process = subprocess.Popen(["redis-server", config, "--sentinel", "--loglevel", "warning"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._answers_ping(deadline=time.monotonic() + 5):
+                return
+            self.stop()
+            self.port = 0
+        raise RuntimeError("redis-server --sentinel did not start")
+
+    def primary(self) -> int:
+        """The port of the primary this Sentinel names now."""
+        reply = self.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service).split(b"\r\n")
+        return int(reply[4])
 
 
 def _free_port() -> int:

@@ -236,9 +236,11 @@ def _profile(name: str) -> object:
     return plugins.load("rendezvous.profiles", name)
 
 
-async def test_sentinel_urls_and_unreachable_redis_are_refused_at_start():
-    with pytest.raises(ConfigError, match="redis\\+sentinel:// is not supported"):
-        await _start("snowflake", BASE, redis_settings("redis+sentinel://127.0.0.1:26379/mymaster", "x"))
+async def test_bad_sentinel_urls_and_unreachable_redis_are_refused_at_start():
+    with pytest.raises(ConfigError, match="names the primary's service after the hosts"):
+        await _start("snowflake", BASE, redis_settings("redis+sentinel://127.0.0.1:26379", "x"))
+    with pytest.raises(ConfigError, match="server.backend_url: cannot connect to redis at redis\\+sentinel://127.0.0.1:1/m"):
+        await _start("snowflake", BASE, redis_settings("redis+sentinel://127.0.0.1:1/m", "x"))
     with pytest.raises(ConfigError, match="server.backend_url: cannot connect to redis at redis://127.0.0.1:1/0"):
         await _start("snowflake", BASE, redis_settings("redis://127.0.0.1:1/0", "x"))
 

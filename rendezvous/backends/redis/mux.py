@@ -9,9 +9,9 @@ connection drops, every pending call fails with :class:`BackendUnavailable` (a s
 may not have run), calls fail at once until the reader has reconnected, and EVALSHA's
 NOSCRIPT (the script did not run) is the one reply answered by sending the command again.
 
-redis-py (with hiredis) does the connecting (URL, AUTH, SELECT, TLS), the command packing and
-the reply parsing; its pool, client and retry machinery are not used: measured, they cost the
-broker ~60 µs of CPU per call, the batch here ~10 µs.
+redis-py (with hiredis) does the connecting (URL, AUTH, SELECT, TLS; with Sentinel, asking for the
+primary at each connect), the command packing and the reply parsing; its pool, client and retry
+machinery are not used: measured, they cost the broker ~60 µs of CPU per call, the batch here ~10 µs.
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ except ImportError:  # (the redis extra brings hiredis; without it, redis-py's p
     hiredis = None  # type: ignore[assignment]
 from redis._parsers.base import BaseParser
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rendezvous.backends.base import BackendUnavailable
+from rendezvous.backends.redis.urls import SENTINEL_SCHEME, SentinelTarget, parse_sentinel_url
 
 Late = Callable[[Any], None]
 # A pending call: (future, or None for eval_then and send; the late callback (eval_then: its
@@ -60,17 +63,36 @@ def connection_factory(url: str, *, connect_timeout: float = 2.0) -> Callable[[]
     must), one connect attempt per call (the caller decides when to try again), and RESP2
     (redis-py 8 defaults to RESP3, where a subscribed connection's frames are push messages
     that its parser hands to callbacks instead of returning them)."""
-    pool = ConnectionPool.from_url(url, socket_timeout=None, socket_connect_timeout=connect_timeout, protocol=2,
-                                   retry=Retry(NoBackoff(), 0), health_check_interval=0)
+    options: dict[str, Any] = {"socket_timeout": None, "socket_connect_timeout": connect_timeout, "protocol": 2,
+                               "retry": Retry(NoBackoff(), 0), "health_check_interval": 0}
+    if url.startswith(SENTINEL_SCHEME + "://"):
+        return _sentinel_factory(parse_sentinel_url(url), connect_timeout, options)
+    pool = ConnectionPool.from_url(url, **options)
+    return pool.make_connection
+
+
+def _sentinel_factory(target: SentinelTarget, connect_timeout: float, options: dict[str, Any]) -> Callable[[], AbstractConnection]:
+    """Connections to the primary the Sentinels name at each connect (redis-py's
+    SentinelManagedConnection asks them; none answering, or none knowing a primary, fails the
+    connect like an unreachable Redis, and the caller tries again)."""
+    sentinel = _Sentinel(target.sentinels, sentinel_kwargs={
+        "socket_timeout": connect_timeout, "socket_connect_timeout": connect_timeout, "protocol": 2,
+        "retry": Retry(NoBackoff(), 0), "username": target.sentinel_username, "password": target.sentinel_password})
+    pool = SentinelConnectionPool(target.service, sentinel, db=target.db, username=target.username,
+                                  password=target.password, **options)
     return pool.make_connection
 
 
 def describe(url: str) -> str:
-    """``url`` without its password, for messages."""
+    """``url`` without its passwords (the user's, and any ``…password=`` option), for messages."""
     scheme, sep, rest = url.partition("://")
+    rest, question, query = rest.partition("?")
     if "@" in rest:
         rest = "…@" + rest.rpartition("@")[2]
-    return scheme + sep + rest
+    if question:
+        options = [option.partition("=") for option in query.split("&")]
+        query = "&".join(k + eq + ("…" if "password" in k else v) for k, eq, v in options)
+    return scheme + sep + rest + question + query
 
 
 def _packer(conn: AbstractConnection) -> Callable[..., list[bytes]]:
@@ -85,6 +107,27 @@ def _packer(conn: AbstractConnection) -> Callable[..., list[bytes]]:
         return [pack_command(args)]
 
     return pack
+
+
+class _Sentinel(Sentinel):
+    """redis-py's Sentinel, with a "no primary" error that says in one line what each Sentinel
+    answered (redis-py's names every client with its whole configuration)."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        problems = []
+        for sentinel in self.sentinels:
+            options = sentinel.connection_pool.connection_kwargs
+            where = f"{options.get('host')}:{options.get('port')}"
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+                problems.append(f"{where}: {exc}")
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):
+                return state["ip"], state["port"]
+            problems.append(f"{where}: " + ("its primary is down" if state else f"no primary named {service_name!r}"))
+        raise MasterNotFoundError(f"no Sentinel names a primary {service_name!r} ({'; '.join(problems)})")
 
 
 class _ReplyError(Exception):
@@ -304,6 +347,11 @@ class Mux:
         """The next reply: the oldest pending call's."""
         if not self._pending:
             raise RedisError("a reply came that no call asked for")
+        if type(reply) is ReadOnlyError:
+            # A replica: this primary was demoted (a failover) and the connection outlived it. The
+            # call did not run; drop the connection (it fails with the others as unavailable), and
+            # the next one goes where the Sentinels now point.
+            raise RedisError("connected to a read-only replica: reconnecting")
         future, late, script, args = self._pending.popleft()
         if type(reply) is NoScriptError and script is not None:
             # Not run (the server lost its script cache): send it in full, same future.
