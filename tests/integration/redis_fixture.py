@@ -20,6 +20,7 @@ import pytest
 
 from rendezvous.backends import BackendSettings, create_backend
 from rendezvous.core import Deliver, Expired
+from rendezvous.testing import wait_until
 
 
 class RedisServer:
@@ -185,6 +186,25 @@ class StoreNode:
     def got(self, party) -> list:
         """What reached ``party`` (deliveries and expiries)."""
         return [e for e in self.seen if (type(e) is Deliver and e.to == party) or (type(e) is Expired and e.party == party)]
+
+
+async def rendezvous_across(a: StoreNode, b: StoreNode, tag: str, timeout: float = 15.0) -> None:
+    """A proxy waits on A, a client on B is matched with it (the offer crosses the bus to A) and
+    gets its answer; tried again while the nodes are not connected (a failover under way, say)."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(10_000):
+        sid = f"{tag}-{attempt}"
+        await a.wait(0.0, sid, f"proxy-{sid}", info=sid)
+        info, _ = await b.ask(0.0, f"client-{sid}")
+        if info == sid:
+            await wait_until(lambda sid=sid: a.got(f"proxy-{sid}"))  # the offer, through the bus
+            assert (await a.answer(0.0, sid, "answer"))[0] == sid
+            await wait_until(lambda sid=sid: b.got(f"client-{sid}"))  # the answer, through the bus
+            assert b.got(f"client-{sid}") == [Deliver(f"client-{sid}", "answer")]
+            return
+        await a.gone(0.0, f"proxy-{sid}")
+        assert time.monotonic() < deadline, "no rendezvous"
+        await anyio.sleep(0.1)
 
 
 def recorder(seen: list) -> Any:

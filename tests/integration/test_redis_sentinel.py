@@ -14,7 +14,7 @@ from rendezvous.backends.base import BackendUnavailable
 from rendezvous.backends.redis.mux import Mux, connection_factory
 from rendezvous.testing import wait_until
 
-from .redis_fixture import RedisSentinel, RedisServer, redis_nodes
+from .redis_fixture import RedisSentinel, RedisServer, redis_nodes, rendezvous_across
 
 pytestmark = pytest.mark.anyio
 
@@ -49,28 +49,11 @@ def _replica_known(sentinel: RedisSentinel, replica: RedisServer) -> bool:
     return f"127.0.0.1:{replica.port}".encode() in reply and b"s_down" not in reply and b"disconnected" not in reply
 
 
-async def _rendezvous(a, b, tag: str, timeout: float = 15.0) -> None:
-    """A proxy waits on A, a client on B is matched with it and gets its answer; tried again while
-    the nodes are not connected (a failover under way)."""
-    deadline = time.monotonic() + timeout
-    for attempt in range(10_000):
-        sid = f"{tag}-{attempt}"
-        await a.wait(0.0, sid, f"proxy-{sid}", info=sid)
-        info, _ = await b.ask(0.0, f"client-{sid}")
-        if info == sid:
-            assert (await a.answer(0.0, sid, "answer"))[0] == sid
-            await wait_until(lambda sid=sid: b.got(f"client-{sid}"))
-            return
-        await a.gone(0.0, f"proxy-{sid}")
-        assert time.monotonic() < deadline, "no rendezvous through the Sentinel's primary"
-        await anyio.sleep(0.1)
-
-
 async def test_nodes_reach_the_primary_and_follow_a_forced_failover(sentinel_set, redis_prefix):
     primary, replica, sentinel = sentinel_set
     url = f"redis+sentinel://127.0.0.1:{sentinel.port}/{sentinel.service}"
     async with redis_nodes(url, redis_prefix, 2) as (a, b):
-        await _rendezvous(a, b, "before")
+        await rendezvous_across(a, b, "before")
         node_key = f"{redis_prefix}:node:{a.backend.node_id}"
         assert primary.command("EXISTS", node_key) == b":1\r\n"
 
@@ -82,7 +65,7 @@ async def test_nodes_reach_the_primary_and_follow_a_forced_failover(sentinel_set
         # there is refused, READONLY, and drops the connection too), and each node's next
         # connection asks the Sentinel again. What went to the old primary in the meantime is
         # lost with it (replication is asynchronous): a node whose key went fences itself once.
-        await _rendezvous(a, b, "after")
+        await rendezvous_across(a, b, "after")
         await wait_until(lambda: replica.command("EXISTS", node_key) == b":1\r\n", timeout=5)
 
 
@@ -90,12 +73,12 @@ async def test_nodes_follow_a_failover_after_the_primary_died(sentinel_set, redi
     primary, replica, sentinel = sentinel_set
     url = f"redis+sentinel://127.0.0.1:{sentinel.port}/{sentinel.service}"
     async with redis_nodes(url, redis_prefix, 2) as (a, b):
-        await _rendezvous(a, b, "before")
+        await rendezvous_across(a, b, "before")
         await wait_until(lambda: _replica_known(sentinel, replica), timeout=15)
         primary.process.kill()  # SIGKILL: the Sentinel sees it down after 300 ms and promotes the replica
         primary.process.wait()
         await wait_until(lambda: sentinel.primary() == replica.port, timeout=15)
-        await _rendezvous(a, b, "after")
+        await rendezvous_across(a, b, "after")
         await wait_until(lambda: replica.command("EXISTS", f"{redis_prefix}:node:{b.backend.node_id}") == b":1\r\n")
 
 
