@@ -119,7 +119,7 @@ class _Sentinel(Sentinel):
             options = sentinel.connection_pool.connection_kwargs
             where = f"{options.get('host')}:{options.get('port')}"
             try:
-                masters = await sentinel.sentinel_masters()
+                masters: Any = await sentinel.sentinel_masters()  # {name: state}
             except (RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
                 problems.append(f"{where}: {exc}")
                 continue
@@ -244,6 +244,15 @@ class Mux:
     @property
     def connected(self) -> bool:
         return self._conn is not None
+
+    @property
+    def address(self) -> str:
+        """Where the connection goes (with Sentinel: the primary it found), or "" while there is none."""
+        conn = self._conn
+        if conn is None:
+            return ""
+        path = getattr(conn, "path", None)
+        return str(path) if path else f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
 
     # -- calls ------------------------------------------------------------------------------
     def call(self, *args: Any, late: Late | None = None) -> asyncio.Future:

@@ -143,7 +143,7 @@ class RedisBackend:
                 await tg.start(self._inbox)
                 tg.start_soon(self._beat)
                 tg.start_soon(self._deliver_late)
-                self.log.info("redis backend up", node=self.node_id, redis=self.where)
+                self.log.info("redis backend up", node=self.node_id, redis=self.where, at=self.mux.address)
                 task_status.started()
         except BaseExceptionGroup as group:  # our own errors reach the caller as themselves
             if len(group.exceptions) == 1 and isinstance(group.exceptions[0], (BackendUnavailable, BackendError)):
@@ -186,6 +186,7 @@ class RedisBackend:
         """The mux (re)connected: Redis may have lost this node's key meanwhile (restarted, or the
         node was cut off past its TTL), so it is not ready until a beat, made now, has checked."""
         if not first:
+            self.log.warning("redis backend: connected again", node=self.node_id, at=self.mux.address)
             self._confirmed = False
             self._beat_now.set()
 
