@@ -263,23 +263,60 @@ class OverlayRuntime:
             self.log.info("root refused: wrong secret", client=channel.info.client_host)
             await channel.refuse(403)
             return
-        await channel.accept(self._first_subprotocol(channel))
-        effects = await self.store.open_root(self.clock(), channel)
-        if effects:
+        # Registered before its handshake is out, so that a join following the root's open, on
+        # any node, finds it (on a cluster the registration is a Redis call); what is sent to it
+        # meanwhile waits for the handshake.
+        root = _HeldUntilOpen(channel)
+        effects = await self.store.open_root(self.clock(), root)
+        if effects:  # refused (a root is connected, or the backend is away): said after the handshake
+            try:
+                await channel.accept(self._first_subprotocol(channel))
+            finally:
+                root.open()
             await self.execute(effects)
             return
-        self.metrics.roots.inc()
-        self.log.info("root connected", roots=self.router.root_count, client=channel.info.client_host)
         try:
+            await channel.accept(self._first_subprotocol(channel))
+            root.open()
+            self.metrics.roots.inc()
+            self.log.info("root connected", roots=self.router.root_count, client=channel.info.client_host)
             while True:
                 # The root's frames are never routed; "heartbeat" in any form is expected.
                 frame = await channel.receive()
                 if frame not in (HEARTBEAT, "heartbeat", b"heartbeat", HEARTBEAT.encode()):
                     self.metrics.dropped.labels("from_root").inc()
         finally:
+            root.open()  # (gone before its handshake: what waits fails as sent to a closed channel)
             with anyio.CancelScope(shield=True):  # a shared store hears of it even if the handler is cancelled
-                await self.store.closed(self.clock(), channel)
+                await self.store.closed(self.clock(), root)
             self.log.info("root closed", roots=self.router.root_count)
+
+
+class _HeldUntilOpen:
+    """A root's channel from its registration until its handshake is out: sends and closes wait
+    for :meth:`open`; everything else is the channel's. (Its identity is the root's, in the store.)"""
+
+    __slots__ = ("_channel", "_opened")
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+        self._opened = anyio.Event()
+
+    def open(self) -> None:
+        self._opened.set()
+
+    async def send(self, message: str | bytes, timeout: float | None = None) -> None:
+        if not self._opened.is_set():
+            await self._opened.wait()
+        await self._channel.send(message, timeout)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self._opened.is_set():
+            await self._opened.wait()
+        await self._channel.close(code, reason)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
 
 
 

@@ -135,6 +135,25 @@ async def test_order_per_sender_is_kept_across_nodes(redis_server, redis_prefix)
                     await ws.close()
 
 
+async def test_a_root_is_registered_before_its_handshake_is_out(redis_server, redis_prefix):
+    """A join that follows the root's open, on another node, finds it: with Redis paused, the
+    root's handshake waits for its registration (it used to complete first, and a join in that
+    window was dropped as "no root")."""
+    async with cluster(redis_server.url, redis_prefix) as (a, b):
+        redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            with anyio.move_on_after(0.3) as pending:
+                async with ws_connect(root_url(a)):
+                    pass
+            assert pending.cancelled_caught  # not open while Redis does not answer
+        finally:
+            redis_server.process.send_signal(signal.SIGCONT)
+        await knows_root(a, b, present=False)  # the one that gave up is not left registered
+        async with ws_connect(root_url(a)) as root, ws_connect(b.ws_url + "/join") as joiner:
+            await joiner.send('{"n":1}')  # at once: no waiting for the nodes to know of the root
+            assert (await recv_json(root))["n"] == 1
+
+
 async def test_latest_policy_across_nodes(redis_server, redis_prefix):
     async with cluster(redis_server.url, redis_prefix, heartbeat_interval=0.3) as (a, b):
         async with ws_connect(b.ws_url + "/join") as p, ws_connect(root_url(a)) as old:
