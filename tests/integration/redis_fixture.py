@@ -37,16 +37,16 @@ class RedisServer:
     def start(self) -> None:
         for _ in range(5):  # the free port may be taken between our probe and the server's bind
             self.port = self.port or _free_port()
-            self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                 "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning", *self.extra],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+            self.process = subprocess.Popen(self._command_line(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if self._answers_ping(deadline=time.monotonic() + 5):
                 return
             self.stop()
             self.port = 0
-        raise RuntimeError("redis-server did not start")
+        raise RuntimeError(f"{type(self).__name__} did not start")
+
+    def _command_line(self) -> list[str]:
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", self.directory, "--daemonize", "no", "--loglevel", "warning", *self.extra]
 
     def stop(self) -> None:
         if self.process is not None:
@@ -85,22 +85,14 @@ class RedisSentinel(RedisServer):
         super().__init__(directory)
         self.primary_port, self.service = primary_port, service
 
-    def start(self) -> None:
-        for _ in range(5):
-            self.port = self.port or _free_port()
-            config = os.path.join(self.directory, f"sentinel-{self.port}.conf")
-            with open(config, "w") as file:
-                file.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
-                           f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 1\n"
-                           f"sentinel down-after-milliseconds {self.service} 300\n"
-                           f"sentinel failover-timeout {self.service} 3000\n")
-            self.process = subprocess.Popen(["redis-server", config, "--sentinel", "--loglevel", "warning"],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if self._answers_ping(deadline=time.monotonic() + 5):
-                return
-            self.stop()
-            self.port = 0
-        raise RuntimeError("redis-server --sentinel did not start")
+    def _command_line(self) -> list[str]:
+        config = os.path.join(self.directory, f"sentinel-{self.port}.conf")
+        with open(config, "w") as file:
+            file.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                       f"sentinel monitor {self.service} 127.0.0.1 {self.primary_port} 1\n"
+                       f"sentinel down-after-milliseconds {self.service} 300\n"
+                       f"sentinel failover-timeout {self.service} 3000\n")
+        return ["redis-server", config, "--sentinel", "--loglevel", "warning"]
 
     def primary(self) -> int:
         """The port of the primary this Sentinel names now."""
