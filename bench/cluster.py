@@ -503,23 +503,19 @@ def run_scaling(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
                       "backend": backend, "nodes": n, "share_per_node": share, "clients": args.clients_per_node * n,
                       "placement": args.placement, "share_method": shares.method,
                       "saturated": result["broker_cpu_cores"] >= 0.95 * share * n, **result})
+            ratios.update(_scaling_ratios(rates))
             if ("memory", 1) in rates:
-                ratios["redis2_vs_redis1"] = round(rates[("redis", 2)] / rates[("redis", 1)], 2)
-                ratios["redis2_vs_memory1"] = round(rates[("redis", 2)] / rates[("memory", 1)], 2)
                 # the CPU targets at this load (saturation): broker CPU per rendezvous on Redis vs memory,
                 # redis-server's per rendezvous
                 ratios["broker_cpu_redis1_vs_memory1"] = round(cpu[("redis", 1)] / cpu[("memory", 1)], 2)
                 ratios["broker_cpu_redis2_vs_memory1"] = round(cpu[("redis", 2)] / cpu[("memory", 1)], 2)
                 ratios["redis_server_us_redis1"] = redis[("redis", 1)]
                 ratios["redis_server_us_redis2"] = redis[("redis", 2)]
-            else:
-                ratios["redis4_at_half_share_vs_redis2"] = round(rates[("redis", 4)] / rates[("redis", 2)], 2)
         rounds.append(ratios)
         emit({"metric": "scaling_round", "round": index, **ratios})
     emit({"metric": "scaling_ratio", "method": "together", "share_method": shares.method, "share_per_node": args.share,
           "placement": args.placement, **{key: statistics.median(r[key] for r in rounds) for key in rounds[0]},
-          "rounds": rounds, "target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9,
-          "target_broker_cpu_vs_memory": 1.35, "target_redis_server_us": 40})
+          "rounds": rounds, **SCALING_TARGETS, "target_broker_cpu_vs_memory": 1.35, "target_redis_server_us": 40})
 
 
 def run_scaling_sequential(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
@@ -555,13 +551,17 @@ def run_scaling_sequential(args: argparse.Namespace, shares: CpuShare, tmp: str)
         rounds.append(_scaling_ratios(best_of_round))
     emit({"metric": "scaling_ratio", "method": "sequential", "share_method": shares.method, "share_per_node": args.share, "placement": args.placement,
           **_scaling_ratios({k: statistics.median(v) for k, v in capacities.items()}),
-          "rounds": rounds, "target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9})
+          "rounds": rounds, **SCALING_TARGETS})
+
+
+SCALING_TARGETS = {"target_vs_redis1": 1.7, "target_vs_memory1": 1.5, "target_x4": 0.9}
+_RATIOS = (("redis2_vs_redis1", ("redis", 2), ("redis", 1)), ("redis2_vs_memory1", ("redis", 2), ("memory", 1)),
+           ("redis4_at_half_share_vs_redis2", ("redis", 4), ("redis", 2)))
 
 
 def _scaling_ratios(rates: dict[tuple[str, int], float]) -> dict:
-    return {"redis2_vs_redis1": round(rates[("redis", 2)] / rates[("redis", 1)], 2),
-            "redis2_vs_memory1": round(rates[("redis", 2)] / rates[("memory", 1)], 2),
-            "redis4_at_half_share_vs_redis2": round(rates[("redis", 4)] / rates[("redis", 2)], 2)}
+    """The ratios the targets name, of those setups that ``rates`` has."""
+    return {name: round(rates[top] / rates[bottom], 2) for name, top, bottom in _RATIOS if top in rates and bottom in rates}
 
 
 def run_latency(args: argparse.Namespace, shares: CpuShare, tmp: str) -> None:
