@@ -39,6 +39,6 @@ def test_a_password_without_a_user():
     ("redis://s1/m", "expected redis+sentinel://"),
 ])
 def test_mistakes_are_said_in_one_line(url, says):
-    with pytest.raises(ConfigError, match=None) as error:
+    with pytest.raises(ConfigError) as error:
         parse_sentinel_url(url)
     assert says in str(error.value) and "\n" not in str(error.value)
